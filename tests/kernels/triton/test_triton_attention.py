@@ -1,0 +1,87 @@
+"""Triton fused attention under TRITON_INTERPRET=1 (CPU): forward and backward against the reference.
+
+fp32 and fp16 only (bf16 arithmetic is wrong in the interpreter); small shapes, few big tiles.
+"""
+import pytest
+import torch
+
+from _triton_testutil import FLOOR, INTERPRET, assert_within_rule, attention_lowp_reference, attention_truth
+
+pytestmark = pytest.mark.skipif(not INTERPRET, reason="CPU Triton tests need TRITON_INTERPRET=1 (make test)")
+
+if INTERPRET:
+    from supervit.kernels import triton_attention, triton_backend
+
+SHAPES = [(1, 2, 9, 16), (2, 3, 17, 32), (2, 2, 65, 64), (1, 1, 130, 64)]  # B, H, N, D
+MODES = ["out", "score", "both"]
+
+
+def _inputs(shape, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, go = (torch.randn(shape, generator=gen).to(dtype) for _ in range(4))
+    gs = torch.randn(shape[0], shape[2] - 1, generator=gen)  # [B, N-1] fp32
+    return q, k, v, go, gs
+
+
+def _check(shape, dtype, mode, fwd, bwd):
+    """Run kernel forward/backward and compare out, score, lse, dq, dk, dv with the tolerance rule."""
+    q, k, v, go, gs = _inputs(shape, dtype)
+    scale = shape[-1] ** -0.5
+    use_out, use_score = mode in ("out", "both"), mode in ("score", "both")
+    out, score, lse = fwd(q, k, v, scale, True)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert score.dtype == torch.float32 and score.shape == (shape[0], shape[2] - 1)
+    assert lse.dtype == torch.float32 and lse.shape == shape[:3]
+    grads = bwd(go if use_out else torch.zeros_like(go), gs if use_score else gs[:, :0], q, k, v, out, lse,
+                scale, use_score)
+    truth = attention_truth(q, k, v, scale, go if use_out else None, gs if use_score else None)
+    lowp = attention_lowp_reference(q, k, v, scale, go if use_out else None, gs if use_score else None)
+    ref_lse = torch.logsumexp(q.double() @ k.double().transpose(-2, -1) * scale, dim=-1)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
+    for name, got, lp, tr in zip(("out", "score", "dq", "dk", "dv"), (out, score) + tuple(grads), lowp, truth):
+        assert got.dtype == (torch.float32 if name == "score" else dtype)
+        assert_within_rule(f"{name} {mode} {dtype} {shape}", got, lp, tr, FLOOR[dtype])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_backend_matches_reference(dtype, shape, mode):
+    _check(shape, dtype, mode, triton_backend.attention_forward, triton_backend.attention_backward)
+
+
+@pytest.mark.parametrize("blocks", [(16, 16), (16, 32), (32, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_small_tiles_many_blocks(dtype, blocks):
+    """Several key/query blocks plus a ragged tail: exercises the loops and every mask."""
+    fwd = lambda *a: triton_attention.attention_fwd(*a, blocks=blocks)  # noqa: E731
+    bwd = lambda *a: triton_attention.attention_bwd(*a, blocks=blocks)  # noqa: E731
+    _check((2, 2, 37, 32), dtype, "both", fwd, bwd)
+
+
+@pytest.mark.parametrize("dim", [8, 24, 40])
+def test_head_dim_padding(dim):
+    """Head dims below 16 or not a power of two are zero-padded by the wrappers."""
+    _check((1, 2, 17, dim), torch.float32, "both", triton_backend.attention_forward, triton_backend.attention_backward)
+
+
+def test_no_score_and_tiny_sequences():
+    for tokens in (1, 2):
+        q, k, v, go, _ = _inputs((2, 2, tokens, 16), torch.float32)
+        out, score, lse = triton_backend.attention_forward(q, k, v, 0.25, False)
+        assert score.shape == (2, 0) and score.dtype == torch.float32
+        truth = attention_truth(q, k, v, 0.25, go, None)
+        torch.testing.assert_close(out.double(), truth[0], atol=1e-6, rtol=1e-5)
+        dq, dk, dv = triton_backend.attention_backward(go, score, q, k, v, out, lse, 0.25, False)
+        for got, tr in zip((dq, dk, dv), truth[2:]):
+            torch.testing.assert_close(got.double(), tr, atol=1e-6, rtol=1e-5)
+    out, score, _ = triton_backend.attention_forward(q, k, v, 0.25, True)  # N = 2: one patch key, score 1 - P00
+    torch.testing.assert_close(score.double(), attention_truth(q, k, v, 0.25, go, None)[1], atol=1e-6, rtol=1e-5)
+
+
+def test_float64_delegates_to_reference():
+    q, k, v, go, gs = _inputs((1, 2, 9, 16), torch.float64)
+    out, score, lse = triton_backend.attention_forward(q, k, v, 0.25, True)
+    assert out.dtype == torch.float64
+    truth = attention_truth(q, k, v, 0.25, go, gs)
+    torch.testing.assert_close(out, truth[0])

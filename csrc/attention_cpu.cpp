@@ -1,0 +1,166 @@
+// CPU attention with the CLS score: ATen's flash attention for CPU (out and logsumexp) plus an O(B*H*N*D)
+// pass over the CLS query row for the score, and the matching backward.
+//
+// score[b, j-1] = mean_h exp(scale * q[b,h,0] . k[b,h,j] - lse[b,h,0])   for j = 1..N-1
+// Its gradient is linear in the upstream grads, so it is added to the flash backward: for the CLS query row,
+// with P0 = softmax row 0 and g = [0, grad_score / H] over the keys, dS0 = P0 * (g - sum(P0 * g)), then
+// dq[:, :, 0] += scale * dS0 @ k and dk += scale * dS0^T q0.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "ext.h"
+
+namespace supervit {
+namespace {
+
+template <typename scalar_t, typename acc_t>
+inline acc_t dot(const acc_t* a, const scalar_t* b, int64_t n) {
+  acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;  // four partial sums so the compiler can vectorize
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += a[i] * static_cast<acc_t>(b[i]);
+    s1 += a[i + 1] * static_cast<acc_t>(b[i + 1]);
+    s2 += a[i + 2] * static_cast<acc_t>(b[i + 2]);
+    s3 += a[i + 3] * static_cast<acc_t>(b[i + 3]);
+  }
+  for (; i < n; ++i) s0 += a[i] * static_cast<acc_t>(b[i]);
+  return (s0 + s1) + (s2 + s3);
+}
+
+std::tuple<Tensor, Tensor> flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
+  return at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, false, std::nullopt, scale);
+}
+
+// score [B, N-1] float32 from contiguous q, k [B, H, N, D] and lse [B, H, N] (any strides).
+Tensor cls_score_cpu(const Tensor& q, const Tensor& k, const Tensor& lse, double scale) {
+  const int64_t batch = q.size(0), heads = q.size(1), tokens = q.size(2), dim = q.size(3);
+  Tensor score = at::empty({batch, tokens - 1}, q.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ext_cls_score_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Tensor lse0 = lse.select(2, 0).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();  // [B, H]
+    const scalar_t* qp = q.const_data_ptr<scalar_t>();
+    const scalar_t* kp = k.const_data_ptr<scalar_t>();
+    const acc_t* lp = lse0.const_data_ptr<acc_t>();
+    float* sp = score.data_ptr<float>();
+    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, heads * tokens * dim));
+    at::parallel_for(0, batch, grain, [&](int64_t b0, int64_t b1) {
+      std::vector<acc_t> q0(dim), acc(tokens - 1);
+      for (int64_t b = b0; b < b1; ++b) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t bh = b * heads + h;
+          const scalar_t* qrow = qp + bh * tokens * dim;  // q[b, h, 0]
+          for (int64_t d = 0; d < dim; ++d) q0[d] = static_cast<acc_t>(qrow[d]) * static_cast<acc_t>(scale);
+          const acc_t lse_cls = lp[bh];
+          const scalar_t* kb = kp + bh * tokens * dim;
+          for (int64_t j = 1; j < tokens; ++j) {
+            acc[j - 1] += std::exp(dot(q0.data(), kb + j * dim, dim) - lse_cls);
+          }
+        }
+        for (int64_t j = 0; j < tokens - 1; ++j) sp[b * (tokens - 1) + j] = static_cast<float>(acc[j] / heads);
+      }
+    });
+  });
+  return score;
+}
+
+// dq[:, :, 0] and dk (contiguous, input dtype) += the CLS-score gradient terms; parallel over (b, h).
+void add_score_grad_cpu(const Tensor& grad_score, const Tensor& q, const Tensor& k, const Tensor& lse,
+                        double scale, Tensor& dq, Tensor& dk) {
+  const int64_t batch = q.size(0), heads = q.size(1), tokens = q.size(2), dim = q.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ext_score_grad_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
+    const Tensor lse0 = lse.select(2, 0).to(acc_dtype).contiguous();   // [B, H]
+    const Tensor gs = grad_score.to(acc_dtype).contiguous();           // [B, N-1]
+    const scalar_t* qp = q.const_data_ptr<scalar_t>();
+    const scalar_t* kp = k.const_data_ptr<scalar_t>();
+    const acc_t* lp = lse0.const_data_ptr<acc_t>();
+    const acc_t* gp = gs.const_data_ptr<acc_t>();
+    scalar_t* dqp = dq.data_ptr<scalar_t>();
+    scalar_t* dkp = dk.data_ptr<scalar_t>();
+    const acc_t sc = static_cast<acc_t>(scale);
+    at::parallel_for(0, batch * heads, 1, [&](int64_t i0, int64_t i1) {
+      std::vector<acc_t> q0(dim), q0s(dim), p(tokens), dq0(dim);
+      for (int64_t bh = i0; bh < i1; ++bh) {
+        const int64_t b = bh / heads;
+        const scalar_t* kb = kp + bh * tokens * dim;
+        for (int64_t d = 0; d < dim; ++d) {
+          q0[d] = static_cast<acc_t>(qp[bh * tokens * dim + d]);
+          q0s[d] = q0[d] * sc;
+        }
+        acc_t row_dot = 0;
+        for (int64_t j = 0; j < tokens; ++j) {
+          p[j] = std::exp(dot(q0s.data(), kb + j * dim, dim) - lp[bh]);
+          if (j > 0) row_dot += p[j] * gp[b * (tokens - 1) + j - 1];
+        }
+        row_dot /= heads;
+        std::fill(dq0.begin(), dq0.end(), acc_t(0));
+        for (int64_t j = 0; j < tokens; ++j) {
+          const acc_t g = j > 0 ? gp[b * (tokens - 1) + j - 1] / heads : acc_t(0);
+          const acc_t ds = p[j] * (g - row_dot) * sc;  // scale * dS0[j]
+          const scalar_t* krow = kb + j * dim;
+          scalar_t* dkrow = dkp + bh * tokens * dim + j * dim;
+          for (int64_t d = 0; d < dim; ++d) {
+            dq0[d] += ds * static_cast<acc_t>(krow[d]);
+            dkrow[d] = static_cast<scalar_t>(static_cast<acc_t>(dkrow[d]) + ds * q0[d]);
+          }
+        }
+        scalar_t* dqrow = dqp + bh * tokens * dim;
+        for (int64_t d = 0; d < dim; ++d) dqrow[d] = static_cast<scalar_t>(static_cast<acc_t>(dqrow[d]) + dq0[d]);
+      }
+    });
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> attention_forward_cpu(
+    const Tensor& q_, const Tensor& k_, const Tensor& v_, double scale, bool return_cls_score) {
+  check_qkv(q_, k_, v_);
+  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  auto [out, lse] = flash_forward(q, k, v, scale);  // out [B, H, N, D], lse [B, H, N] (fp64 for fp64 inputs)
+  Tensor score;
+  if (return_cls_score) {
+    TORCH_CHECK(q.size(2) >= 2, "return_cls_score needs N >= 2 tokens, got ", q.size(2));
+    score = cls_score_cpu(q, k, lse, scale);
+  } else {
+    score = at::empty({q.size(0), 0}, q.options().dtype(at::kFloat));
+  }
+  return {out.contiguous(), score, lse.to(at::kFloat).contiguous()};
+}
+
+std::tuple<Tensor, Tensor, Tensor> attention_backward_cpu(
+    const Tensor& grad_out, const Tensor& grad_score, const Tensor& q_, const Tensor& k_, const Tensor& v_,
+    const Tensor& out, const Tensor& lse, double scale, bool has_score_grad) {
+  check_qkv(q_, k_, v_);
+  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  Tensor out_used = out, lse_used = lse;
+  if (q.scalar_type() == at::kDouble) {
+    // The saved lse is fp32 (the op contract); fp64 (gradcheck) recomputes it exactly.
+    std::tie(out_used, lse_used) = flash_forward(q, k, v, scale);
+  }
+  auto [dq, dk, dv] = at::_scaled_dot_product_flash_attention_for_cpu_backward(
+      grad_out.contiguous(), q, k, v, out_used, lse_used, 0.0, false, std::nullopt, scale);
+  dq = dq.contiguous();  // the CPU flash backward returns [B, N, H, D]-strided gradients
+  dk = dk.contiguous();
+  dv = dv.contiguous();
+  if (has_score_grad) {
+    TORCH_CHECK(grad_score.dim() == 2 && grad_score.size(0) == q.size(0) && grad_score.size(1) == q.size(2) - 1,
+                "grad_score must be [B, N-1] = [", q.size(0), ", ", q.size(2) - 1, "], got ", grad_score.sizes());
+    add_score_grad_cpu(grad_score, q, k, lse_used, scale, dq, dk);
+  }
+  return {dq, dk, dv};
+}
+
+}  // namespace
+}  // namespace supervit
+
+TORCH_LIBRARY_IMPL(supervit, CPU, m) {
+  m.impl("ext_attention_forward", &supervit::attention_forward_cpu);
+  m.impl("ext_attention_backward", &supervit::attention_backward_cpu);
+}

@@ -1,0 +1,147 @@
+// CUDA registrations: token ops on the kernels of cuda_kernels.cu; attention on ATen's memory-efficient SDPA
+// (out + logsumexp) plus the CLS-score kernel, with the ATen-composite math path as the fallback.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "cuda_kernels.h"
+#include "ext.h"
+
+namespace supervit {
+namespace {
+
+bool sorts_in_kernel(const Tensor& score) {
+  const auto t = score.scalar_type();
+  return (t == at::kFloat || t == at::kHalf || t == at::kBFloat16) && score.size(1) <= cuda::kMaxSortTokens;
+}
+
+// Stable descending sort: the same order (NaN first, lower index first on ties) for what the kernel skips.
+Tensor topk_by_sort(const Tensor& score, int64_t k) {
+  return std::get<1>(at::sort(score, /*stable=*/true, /*dim=*/1, /*descending=*/true)).narrow(1, 0, k).contiguous();
+}
+
+Tensor keep_topk_cuda(const Tensor& score_, int64_t k) {
+  check_score(score_, k);
+  c10::cuda::CUDAGuard guard(score_.device());
+  const Tensor score = score_.contiguous();
+  if (!sorts_in_kernel(score)) return topk_by_sort(score, k);
+  Tensor idx = at::empty({score.size(0), k}, score.options().dtype(at::kLong));
+  Tensor none;
+  cuda::topk(score, k, idx, none, none);
+  return idx;
+}
+
+Tensor gather_tokens_cuda(const Tensor& x_, const Tensor& idx_) {
+  check_tokens(x_, "x");
+  check_index(idx_, x_, x_.size(1) - 1);
+  c10::cuda::CUDAGuard guard(x_.device());
+  const Tensor x = x_.contiguous(), idx = idx_.to(at::kLong).contiguous();
+  Tensor out = at::empty({x.size(0), idx.size(1) + 1, x.size(2)}, x.options());
+  cuda::gather(x, idx, out);
+  return out;
+}
+
+Tensor gather_tokens_backward_cuda(const Tensor& grad_, const Tensor& idx_, int64_t num_tokens) {
+  check_tokens(grad_, "grad_kept");
+  TORCH_CHECK(num_tokens >= grad_.size(1), "num_tokens (", num_tokens, ") must be >= k + 1 = ", grad_.size(1));
+  check_index(idx_, grad_, num_tokens - 1);
+  TORCH_CHECK(idx_.size(1) + 1 == grad_.size(1), "grad_kept must be [B, k+1, C] with k = ", idx_.size(1));
+  c10::cuda::CUDAGuard guard(grad_.device());
+  const Tensor grad = grad_.contiguous(), idx = idx_.to(at::kLong).contiguous();
+  Tensor out = at::zeros({grad.size(0), num_tokens, grad.size(2)}, grad.options());
+  cuda::scatter(grad, idx, out);
+  return out;
+}
+
+std::tuple<Tensor, Tensor> prune_tokens_cuda(const Tensor& x_, const Tensor& score_, int64_t k) {
+  check_tokens(x_, "x");
+  check_score(score_, k);
+  TORCH_CHECK(score_.size(0) == x_.size(0) && score_.size(1) == x_.size(1) - 1, "score must be [B, N-1] = [",
+              x_.size(0), ", ", x_.size(1) - 1, "], got ", score_.sizes());
+  c10::cuda::CUDAGuard guard(x_.device());
+  const Tensor x = x_.contiguous(), score = score_.contiguous();
+  Tensor out = at::empty({x.size(0), k + 1, x.size(2)}, x.options());
+  if (!sorts_in_kernel(score)) {
+    Tensor idx = topk_by_sort(score, k);
+    cuda::gather(x, idx, out);
+    return {out, idx};
+  }
+  Tensor idx = at::empty({x.size(0), k}, score.options().dtype(at::kLong));
+  cuda::topk(score, k, idx, x, out);  // one launch: sort + gather
+  return {out, idx};
+}
+
+// The memory-efficient SDPA kernel takes fp32/fp16/bf16 with 8-aligned head dims.
+bool fused_sdpa_ok(const Tensor& q) {
+  const auto t = q.scalar_type();
+  return (t == at::kFloat || t == at::kHalf || t == at::kBFloat16) && q.size(3) % 8 == 0 && q.size(3) <= 256 &&
+         q.size(2) > 0 && q.size(0) > 0;
+}
+
+std::tuple<Tensor, Tensor, Tensor> attention_forward_cuda(
+    const Tensor& q_, const Tensor& k_, const Tensor& v_, double scale, bool return_cls_score) {
+  check_qkv(q_, k_, v_);
+  c10::cuda::CUDAGuard guard(q_.device());
+  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  if (!fused_sdpa_ok(q)) return attention_forward_math(q, k, v, scale, return_cls_score);
+  const int64_t tokens = q.size(2);
+  auto res = at::_scaled_dot_product_efficient_attention(q, k, v, std::nullopt, /*compute_log_sumexp=*/true,
+                                                         0.0, false, scale);
+  Tensor out = std::get<0>(res).contiguous();                                 // [B, H, N, D]
+  Tensor lse = std::get<1>(res).narrow(2, 0, tokens).to(at::kFloat).contiguous();  // padded to 32 -> [B, H, N]
+  Tensor score;
+  if (return_cls_score) {
+    TORCH_CHECK(tokens >= 2, "return_cls_score needs N >= 2 tokens, got ", tokens);
+    score = at::empty({q.size(0), tokens - 1}, q.options().dtype(at::kFloat));
+    const Tensor lse0 = lse.select(2, 0).contiguous();  // [B, H]
+    cuda::cls_score(q, k, lse0, scale, score);
+  } else {
+    score = at::empty({q.size(0), 0}, q.options().dtype(at::kFloat));
+  }
+  return {out, score, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor> attention_backward_cuda(
+    const Tensor& grad_out, const Tensor& grad_score, const Tensor& q_, const Tensor& k_, const Tensor& v_,
+    const Tensor& out, const Tensor& lse, double scale, bool has_score_grad) {
+  check_qkv(q_, k_, v_);
+  c10::cuda::CUDAGuard guard(q_.device());
+  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  if (!fused_sdpa_ok(q)) {
+    return attention_backward_math(grad_out, grad_score, q, k, v, out, lse, scale, has_score_grad);
+  }
+  const int64_t tokens = q.size(2);
+  // The kernel works in [B, N, H, D]: q/k/v need only a contiguous last dim, but `out` must be laid out as
+  // [B, N, H, D] (its row stride is derived, not read), and lse is padded to a multiple of 32 queries as the
+  // forward returns it. num_splits_key = 1 keeps the dK/dV accumulation deterministic.
+  const Tensor out_t = out.transpose(1, 2).contiguous();
+  const int64_t padded = (tokens + 31) / 32 * 32;
+  const Tensor lse_p =
+      at::constant_pad_nd(lse.to(at::kFloat), {0, padded - tokens}, std::numeric_limits<double>::infinity())
+          .contiguous();
+  auto grads = at::_efficient_attention_backward(
+      grad_out.transpose(1, 2), q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), std::nullopt, out_t,
+      std::nullopt, std::nullopt, tokens, tokens, lse_p, 0.0, Tensor(), Tensor(), /*custom_mask_type=*/0,
+      /*bias_requires_grad=*/false, scale, /*num_splits_key=*/1);
+  Tensor dq = std::get<0>(grads).transpose(1, 2).contiguous();
+  Tensor dk = std::get<1>(grads).transpose(1, 2).contiguous();
+  Tensor dv = std::get<2>(grads).transpose(1, 2).contiguous();
+  if (has_score_grad) {
+    TORCH_CHECK(grad_score.dim() == 2 && grad_score.size(0) == q.size(0) && grad_score.size(1) == tokens - 1,
+                "grad_score must be [B, N-1] = [", q.size(0), ", ", tokens - 1, "], got ", grad_score.sizes());
+    add_score_grad_math(grad_score, q, k, lse, scale, dq, dk);
+  }
+  return {dq, dk, dv};
+}
+
+}  // namespace
+}  // namespace supervit
+
+TORCH_LIBRARY_IMPL(supervit, CUDA, m) {
+  m.impl("ext_attention_forward", &supervit::attention_forward_cuda);
+  m.impl("ext_attention_backward", &supervit::attention_backward_cuda);
+  m.impl("ext_keep_topk", &supervit::keep_topk_cuda);
+  m.impl("ext_gather_tokens", &supervit::gather_tokens_cuda);
+  m.impl("ext_gather_tokens_backward", &supervit::gather_tokens_backward_cuda);
+  m.impl("ext_prune_tokens", &supervit::prune_tokens_cuda);
+}

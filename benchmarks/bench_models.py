@@ -1,0 +1,227 @@
+"""Whole-model benchmarks: every sub-network of both super-networks vs timm's DeiT-S, and the training step.
+
+Eval rows: batch-1 latency and batch-N throughput per (model, backend, mode, dtype, batch, sub-network), with
+speedup over the model's own (224, 1) row and efficiency = speedup / FLOP ratio (1.0: every saved FLOP became
+time). Train rows: the SuperViT 4-sub-network step vs one plain step, and vs the FLOP-weighted cost of its passes.
+
+    python benchmarks/bench_models.py --device cpu                 # CPU set (part of `make bench`)
+    python benchmarks/bench_models.py --device cuda --dtypes bf16 --batches 1 256 --modes eager compile
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+import timm
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+import supervit  # noqa: E402,F401
+from supervit.models import flops  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TIMM_BASELINE = "deit_small_patch16_224"
+
+
+def autocast(device, dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def forced_backend(name: str):
+    """Run with SUPERVIT_BACKEND=name ('auto' leaves the choice to the dispatcher)."""
+    old = os.environ.get("SUPERVIT_BACKEND")
+    if name != "auto":
+        os.environ["SUPERVIT_BACKEND"] = name
+    try:
+        yield
+    finally:
+        os.environ.pop("SUPERVIT_BACKEND", None)
+        if old is not None:
+            os.environ["SUPERVIT_BACKEND"] = old
+
+
+def eval_fn(model, x, size, ratio, mode, device, dtype):
+    """A no-grad callable running sub-network (size, ratio), eager or compiled."""
+    def run(t):
+        return model(t, img_size=size, keep_ratio=ratio) if size is not None else model(t)
+    if mode == "compile":
+        run = torch.compile(run, fullgraph=True, dynamic=False)
+    elif mode == "cudagraph":
+        run = torch.compile(run, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+    def call():
+        with torch.no_grad(), autocast(device, dtype):
+            return run(x)
+    return call
+
+
+def eval_rows(args, device):
+    rows = []
+    for model_name in args.models:
+        for backend in args.backends:
+            for mode in args.modes:
+                for dtype_name in args.dtypes:
+                    for batch in args.batches:
+                        rows += eval_model(args, device, model_name, backend, mode, dtype_name, batch)
+    return rows
+
+
+def eval_model(args, device, model_name, backend, mode, dtype_name, batch):
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(0)
+    is_timm = model_name == TIMM_BASELINE
+    model = timm.create_model(model_name).to(device).eval()
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    subnets = [(None, None)] if is_timm else [(s, r) for s, r in model.subnets()]
+    rows = []
+    with forced_backend("auto" if is_timm else backend):
+        for size, ratio in subnets:
+            fn = eval_fn(model, x, size, ratio, mode, device, dtype)
+            t = harness.time_call(fn, device, warmup=args.warmup + (2 if mode != "eager" else 0),
+                                  repeats=args.repeats, min_seconds=args.min_seconds)
+            gmacs = flops("super_deit_s", 224, 1.0) if is_timm else flops(model, size, ratio)
+            rows.append({"kind": "eval", "model": "timm_" + model_name if is_timm else model_name,
+                         "backend": "timm-sdpa" if is_timm else backend, "mode": mode, "dtype": dtype_name,
+                         "batch": batch, "img_size": size or 224, "keep_ratio": ratio or 1.0, "gmacs": round(gmacs, 3),
+                         "median_ms": t["median_s"] * 1e3, "min_ms": t["min_s"] * 1e3, "max_ms": t["max_s"] * 1e3,
+                         "img_per_s": batch / t["median_s"], **harness.conditions(device)})
+            print(f"{rows[-1]['model']:>28} {rows[-1]['backend']:>9} {mode:>7} {dtype_name} b{batch:<4} "
+                  f"({rows[-1]['img_size']}, {rows[-1]['keep_ratio']}) {rows[-1]['median_ms']:9.2f} ms "
+                  f"{rows[-1]['img_per_s']:9.1f} img/s", flush=True)
+    full = next(r for r in rows if r["img_size"] == 224 and r["keep_ratio"] == 1.0)
+    for r in rows:
+        r["speedup_vs_full"] = full["median_ms"] / r["median_ms"]
+        r["flop_ratio"] = flops("super_deit_s" if is_timm else model, 224, 1.0) / r["gmacs"] if not is_timm else 1.0
+        r["efficiency"] = r["speedup_vs_full"] / r["flop_ratio"]
+    return rows
+
+
+def kd_loss(student, teacher):
+    return F.kl_div(F.log_softmax(student, -1), F.softmax(teacher.detach(), -1), reduction="batchmean")
+
+
+def supervit_step(model, x, target, subnets, device, dtype):
+    """The 4-sub-network step: supervised loss at full keep, KD from the same-size full-keep teacher."""
+    teachers = {}
+    for size, ratio in subnets:
+        with autocast(device, dtype):
+            logits = model(x, img_size=size, keep_ratio=ratio)
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            loss = F.cross_entropy(logits, target) if ratio == 1.0 else kd_loss(logits, teachers[size])
+        if ratio == 1.0:
+            teachers[size] = logits.detach()
+        loss.backward()
+
+
+def train_rows(args, device):
+    rows = []
+    dtype_name = args.dtypes[0]
+    dtype = DTYPES[dtype_name]
+    batch = args.train_batch
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    target = torch.randint(0, 1000, (batch,), device=device)
+    torch.manual_seed(0)
+    plain = timm.create_model(TIMM_BASELINE).to(device).train()
+    model = timm.create_model("super_deit_s").to(device).train()
+    step_subnets = [(224, 1.0), (224, 0.7), (160, 1.0), (160, 0.5)]
+
+    def timm_step():
+        with autocast(device, dtype):
+            loss = F.cross_entropy(plain(x), target)
+        loss.backward()
+
+    def full_pass():
+        supervit_step(model, x, target, [(224, 1.0)], device, dtype)
+
+    def four_passes():
+        supervit_step(model, x, target, step_subnets, device, dtype)
+
+    measured = {}
+    for name, fn in (("timm_deit_small_step", timm_step), ("supervit_full_pass", full_pass),
+                     ("supervit_4subnet_step", four_passes)):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t = harness.time_call(fn, device, warmup=1, repeats=max(3, args.repeats // 2))
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+        measured[name] = t["median_s"]
+        rows.append({"kind": "train", "model": name, "dtype": dtype_name, "batch": batch,
+                     "subnets": " ".join(f"({s},{r})" for s, r in step_subnets) if "4subnet" in name else "",
+                     "median_ms": t["median_s"] * 1e3, "min_ms": t["min_s"] * 1e3, "max_ms": t["max_s"] * 1e3,
+                     "img_per_s": batch / t["median_s"], "peak_mem_mib": peak, **harness.conditions(device)})
+        print(f"{name:>24} b{batch} {t['median_s'] * 1e3:9.1f} ms", flush=True)
+    weight = sum(flops("super_deit_s", s, r) for s, r in step_subnets) / flops("super_deit_s", 224, 1.0)
+    expected = measured["supervit_full_pass"] * weight
+    for r in rows:
+        r["flop_weighted_ratio"] = measured["supervit_4subnet_step"] / expected if "4subnet" in r["model"] else ""
+    return rows
+
+
+def plot(rows, path):
+    """Throughput vs GMACs: one curve per token grid and model/backend/mode, timm as reference points."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = max(r["batch"] for r in rows)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    groups = {}
+    for r in rows:
+        if r["batch"] == batch:
+            groups.setdefault((r["model"], r["backend"], r["mode"], r["dtype"]), []).append(r)
+    for (model, backend, mode, dtype), group in groups.items():
+        if model.startswith("timm_"):
+            ax.scatter([r["gmacs"] for r in group], [r["img_per_s"] for r in group], marker="*", s=160, zorder=5,
+                       label=f"timm deit_small (SDPA) {mode} {dtype}")
+            continue
+        for size in sorted({r["img_size"] for r in group}):
+            pts = sorted((r["gmacs"], r["img_per_s"]) for r in group if r["img_size"] == size)
+            ax.plot(*zip(*pts), marker="o", label=f"{model} {backend} {mode} {dtype} {size}px")
+    ax.set_xlabel("GMACs per image")
+    ax.set_ylabel(f"images / s (batch {batch})")
+    ax.set_title(f"SuperViT sub-networks: throughput vs cost ({rows[0]['device']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--models", nargs="+", default=["super_deit_s", "super_lvvit_s", TIMM_BASELINE])
+    p.add_argument("--backends", nargs="+", default=["auto", "reference"])
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile", "cudagraph"])
+    p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=list(DTYPES))
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--train-batch", type=int, default=32)
+    p.add_argument("--no-train", action="store_true", help="skip the training-step rows")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--min-seconds", type=float, default=0.0, help="keep repeating each row at least this long")
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", harness.device_name(device))
+    rows = eval_rows(args, device)
+    eval_cols = ["model", "backend", "mode", "dtype", "batch", "img_size", "keep_ratio", "gmacs", "median_ms",
+                 "min_ms", "max_ms", "img_per_s", "speedup_vs_full", "flop_ratio", "efficiency", "device", "torch",
+                 "triton", "threads", "machine", "command"]
+    print("wrote", *harness.write_rows(rows, out, "models_eval", eval_cols))
+    plot(rows, os.path.join(out, "models_eval.png"))
+    if not args.no_train:
+        train = train_rows(args, device)
+        train_cols = ["model", "dtype", "batch", "subnets", "median_ms", "min_ms", "max_ms", "img_per_s",
+                      "peak_mem_mib", "flop_weighted_ratio", "device", "torch", "threads", "machine", "command"]
+        print("wrote", *harness.write_rows(train, out, "models_train", train_cols))
+
+
+if __name__ == "__main__":
+    main()

@@ -52,8 +52,8 @@ def _fwd_block(acc, m_i, l_i, q, K, V, S0, start, offs_d, N, qk_scale, first_row
         s = tl.where(offs_n[None, :] < N, s, float("-inf"))
     if STORE_S0:
         if first_rows:  # this program owns the CLS query row: keep its raw logits for the score pass
-            row0 = tl.arange(0, BLOCK_M)[:, None] == 0  # [BLOCK_M, 1]
-            tl.store(S0 + offs_n[None, :] + 0 * row0, s, mask=row0 & (offs_n[None, :] < N))
+            rows = tl.arange(0, BLOCK_M)[:, None]  # [BLOCK_M, 1]
+            tl.store(S0 + offs_n[None, :] + rows * 0, s, mask=(rows == 0) & (offs_n[None, :] < N))
     m_new = tl.maximum(m_i, tl.max(s, 1))  # [BLOCK_M]
     p = tl.math.exp2(s - m_new[:, None])  # [BLOCK_M, BLOCK_N]
     alpha = tl.math.exp2(m_i - m_new)
@@ -146,6 +146,63 @@ def _bwd_delta_kernel(O, DO, Q, K, Lse, GS, Delta, N, H, qk_scale,
 
 
 @triton.jit
+def _dkdv_block(dk, dv, k, v, gs_k, Q, DO, Lse, Delta, start, offs_d, N, qk_scale,
+                BLOCK_Q: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, HAS_GS: tl.constexpr,
+                DOT_PREC: tl.constexpr):
+    """Contribution of query block [start, +BLOCK_Q) to dK, dV of one key block (kept transposed: [keys, queries])."""
+    offs_q = start + tl.arange(0, BLOCK_Q)  # [SMALL] query ids
+    q_off = offs_q[:, None] * HEAD_DIM + offs_d[None, :]  # [SMALL, D]
+    if MASK:
+        q_ok = offs_q < N
+        q = tl.load(Q + q_off, mask=q_ok[:, None], other=0.0)
+        do = tl.load(DO + q_off, mask=q_ok[:, None], other=0.0)
+        lse2 = tl.load(Lse + offs_q, mask=q_ok, other=float("inf")) * _LOG2E  # padded rows -> P = 0
+        delta = tl.load(Delta + offs_q, mask=q_ok, other=0.0)
+    else:
+        q = tl.load(Q + q_off)
+        do = tl.load(DO + q_off)
+        lse2 = tl.load(Lse + offs_q) * _LOG2E
+        delta = tl.load(Delta + offs_q)
+    s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BIG, SMALL] = S^T
+    p_t = tl.math.exp2(s_t - lse2[None, :])
+    dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # [BIG, SMALL] = dP^T
+    if HAS_GS:
+        if start == 0:  # the CLS query row: dP[0, j] += grad_score[j - 1] / H
+            dp_t += tl.where(offs_q[None, :] == 0, gs_k[:, None], 0.0)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit
+def _dq_block(dq, q, do, lse2, delta, offs_q, K, V, GS, start, offs_d, N, qk_scale, inv_h, first_rows,
+              BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, HAS_GS: tl.constexpr,
+              DOT_PREC: tl.constexpr):
+    """Contribution of key block [start, +BLOCK_K) to dQ of one query block."""
+    offs_n = start + tl.arange(0, BLOCK_K)  # [SMALL] key ids
+    kv_off = offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+    if MASK:
+        kb = tl.load(K + kv_off, mask=offs_n[:, None] < N, other=0.0)
+        vb = tl.load(V + kv_off, mask=offs_n[:, None] < N, other=0.0)
+    else:
+        kb = tl.load(K + kv_off)
+        vb = tl.load(V + kv_off)
+    s = tl.dot(q, tl.trans(kb), input_precision=DOT_PREC) * qk_scale  # [BIG, SMALL]
+    if MASK:
+        s = tl.where(offs_n[None, :] < N, s, float("-inf"))
+    p = tl.math.exp2(s - lse2[:, None])
+    dp = tl.dot(do, tl.trans(vb), input_precision=DOT_PREC)  # [BIG, SMALL]
+    if HAS_GS:
+        if first_rows:  # this block holds the CLS query row
+            gs_n = tl.load(GS + offs_n, mask=(offs_n >= 1) & (offs_n < N), other=0.0) * inv_h  # [SMALL]
+            dp += tl.where(offs_q[:, None] == 0, gs_n[None, :], 0.0)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(kb.dtype), kb, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit
 def _attn_bwd_kernel(Q, K, V, DO, DQ, DK, DV, Lse, Delta, GS, N, N_BUCKET, H, scale, qk_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_SMALL: tl.constexpr, BLOCK_BIG: tl.constexpr,
                      HAS_GS: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -163,6 +220,7 @@ def _attn_bwd_kernel(Q, K, V, DO, DQ, DK, DV, Lse, Delta, GS, N, N_BUCKET, H, sc
     GS += b * (N - 1) - 1  # GS[j] = grad_score[b, j - 1] for key id j >= 1
     offs_d = tl.arange(0, HEAD_DIM)
     inv_h = 1.0 / H
+    n_full = N - N % BLOCK_SMALL
 
     # ---- dK, dV of the key block [pid * BLOCK_BIG, +BLOCK_BIG) ----
     offs_k = pid * BLOCK_BIG + tl.arange(0, BLOCK_BIG)  # [BIG] key ids
@@ -172,24 +230,15 @@ def _attn_bwd_kernel(Q, K, V, DO, DQ, DK, DV, Lse, Delta, GS, N, N_BUCKET, H, sc
     v = tl.load(V + kv_off, mask=k_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_BIG, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_BIG, HEAD_DIM], tl.float32)
+    gs_k = tl.zeros([BLOCK_BIG], tl.float32)
     if HAS_GS:
         gs_k = tl.load(GS + offs_k, mask=(offs_k >= 1) & k_ok, other=0.0) * inv_h  # [BIG]
-    for start in range(0, N, BLOCK_SMALL):
-        offs_q = start + tl.arange(0, BLOCK_SMALL)  # [SMALL] query ids
-        q_ok = offs_q < N
-        q_off = offs_q[:, None] * HEAD_DIM + offs_d[None, :]  # [SMALL, D]
-        q = tl.load(Q + q_off, mask=q_ok[:, None], other=0.0)
-        do = tl.load(DO + q_off, mask=q_ok[:, None], other=0.0)
-        lse2 = tl.load(Lse + offs_q, mask=q_ok, other=float("inf")) * _LOG2E  # padded rows -> P = 0
-        delta = tl.load(Delta + offs_q, mask=q_ok, other=0.0)
-        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BIG, SMALL] = S^T
-        p_t = tl.math.exp2(s_t - lse2[None, :])
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # [BIG, SMALL] = dP^T
-        if HAS_GS:
-            dp_t += tl.where(offs_q[None, :] == 0, gs_k[:, None], 0.0)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+    for start in range(0, n_full, BLOCK_SMALL):
+        dk, dv = _dkdv_block(dk, dv, k, v, gs_k, Q, DO, Lse, Delta, start, offs_d, N, qk_scale,
+                             BLOCK_SMALL, HEAD_DIM, False, HAS_GS, DOT_PREC)
+    if n_full < N:
+        dk, dv = _dkdv_block(dk, dv, k, v, gs_k, Q, DO, Lse, Delta, n_full, offs_d, N, qk_scale,
+                             BLOCK_SMALL, HEAD_DIM, True, HAS_GS, DOT_PREC)
     tl.store(DK + base + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=k_ok[:, None])
     tl.store(DV + base + kv_off, dv.to(DV.dtype.element_ty), mask=k_ok[:, None])
 
@@ -199,25 +248,16 @@ def _attn_bwd_kernel(Q, K, V, DO, DQ, DK, DV, Lse, Delta, GS, N, N_BUCKET, H, sc
     q_off = offs_q[:, None] * HEAD_DIM + offs_d[None, :]
     q = tl.load(Q + q_off, mask=q_ok[:, None], other=0.0)
     do = tl.load(DO + q_off, mask=q_ok[:, None], other=0.0)
-    lse2 = tl.load(Lse + offs_q, mask=q_ok, other=float("inf")) * _LOG2E
+    lse2 = tl.load(Lse + offs_q, mask=q_ok, other=float("inf")) * _LOG2E  # padded rows -> P = 0
     delta = tl.load(Delta + offs_q, mask=q_ok, other=0.0)
     dq = tl.zeros([BLOCK_BIG, HEAD_DIM], tl.float32)
-    for start in range(0, N, BLOCK_SMALL):
-        offs_n = start + tl.arange(0, BLOCK_SMALL)  # [SMALL] key ids
-        n_ok = offs_n < N
-        kv_off = offs_n[:, None] * HEAD_DIM + offs_d[None, :]
-        kb = tl.load(K + kv_off, mask=n_ok[:, None], other=0.0)
-        vb = tl.load(V + kv_off, mask=n_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(kb), input_precision=DOT_PREC) * qk_scale  # [BIG, SMALL]
-        s = tl.where(n_ok[None, :], s, float("-inf"))
-        p = tl.math.exp2(s - lse2[:, None])
-        dp = tl.dot(do, tl.trans(vb), input_precision=DOT_PREC)  # [BIG, SMALL]
-        if HAS_GS:
-            if pid == 0:
-                gs_n = tl.load(GS + offs_n, mask=(offs_n >= 1) & n_ok, other=0.0) * inv_h  # [SMALL]
-                dp += tl.where(offs_q[:, None] == 0, gs_n[None, :], 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kb.dtype), kb, input_precision=DOT_PREC)
+    first_rows = pid == 0
+    for start in range(0, n_full, BLOCK_SMALL):
+        dq = _dq_block(dq, q, do, lse2, delta, offs_q, K, V, GS, start, offs_d, N, qk_scale, inv_h, first_rows,
+                       BLOCK_SMALL, HEAD_DIM, False, HAS_GS, DOT_PREC)
+    if n_full < N:
+        dq = _dq_block(dq, q, do, lse2, delta, offs_q, K, V, GS, n_full, offs_d, N, qk_scale, inv_h, first_rows,
+                       BLOCK_SMALL, HEAD_DIM, True, HAS_GS, DOT_PREC)
     tl.store(DQ + base + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=q_ok[:, None])
 
 

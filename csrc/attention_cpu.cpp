@@ -33,21 +33,24 @@ inline acc_t dot(const acc_t* a, const scalar_t* b, int64_t n) {
   return (s0 + s1) + (s2 + s3);
 }
 
+// Accumulation dtype of the score and lse: float32, float64 for float64 inputs (reference.compute_dtype).
+at::ScalarType acc_dtype(const Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
 std::tuple<Tensor, Tensor> flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
   return at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, false, std::nullopt, scale);
 }
 
-// score [B, N-1] float32 from contiguous q, k [B, H, N, D] and lse [B, H, N] (any strides).
+// score [B, N-1] (fp32; fp64 for fp64) from contiguous q, k [B, H, N, D] and lse [B, H, N] (any strides).
 Tensor cls_score_cpu(const Tensor& q, const Tensor& k, const Tensor& lse, double scale) {
   const int64_t batch = q.size(0), heads = q.size(1), tokens = q.size(2), dim = q.size(3);
-  Tensor score = at::empty({batch, tokens - 1}, q.options().dtype(at::kFloat));
+  Tensor score = at::empty({batch, tokens - 1}, q.options().dtype(acc_dtype(q)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ext_cls_score_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Tensor lse0 = lse.select(2, 0).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();  // [B, H]
     const scalar_t* qp = q.const_data_ptr<scalar_t>();
     const scalar_t* kp = k.const_data_ptr<scalar_t>();
     const acc_t* lp = lse0.const_data_ptr<acc_t>();
-    float* sp = score.data_ptr<float>();
+    acc_t* sp = score.data_ptr<acc_t>();
     const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, heads * tokens * dim));
     at::parallel_for(0, batch, grain, [&](int64_t b0, int64_t b1) {
       std::vector<acc_t> q0(dim), acc(tokens - 1);
@@ -63,7 +66,7 @@ Tensor cls_score_cpu(const Tensor& q, const Tensor& k, const Tensor& lse, double
             acc[j - 1] += std::exp(dot(q0.data(), kb + j * dim, dim) - lse_cls);
           }
         }
-        for (int64_t j = 0; j < tokens - 1; ++j) sp[b * (tokens - 1) + j] = static_cast<float>(acc[j] / heads);
+        for (int64_t j = 0; j < tokens - 1; ++j) sp[b * (tokens - 1) + j] = acc[j] / heads;
       }
     });
   });
@@ -123,15 +126,15 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_cpu(
     const Tensor& q_, const Tensor& k_, const Tensor& v_, double scale, bool return_cls_score) {
   check_qkv(q_, k_, v_);
   const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
-  auto [out, lse] = flash_forward(q, k, v, scale);  // out [B, H, N, D], lse [B, H, N] (fp64 for fp64 inputs)
+  auto [out, lse] = flash_forward(q, k, v, scale);  // out [B, H, N, D], lse [B, H, N] in the acc dtype
   Tensor score;
   if (return_cls_score) {
     TORCH_CHECK(q.size(2) >= 2, "return_cls_score needs N >= 2 tokens, got ", q.size(2));
     score = cls_score_cpu(q, k, lse, scale);
   } else {
-    score = at::empty({q.size(0), 0}, q.options().dtype(at::kFloat));
+    score = at::empty({q.size(0), 0}, q.options().dtype(acc_dtype(q)));
   }
-  return {out.contiguous(), score, lse.to(at::kFloat).contiguous()};
+  return {out.contiguous(), score, lse.to(acc_dtype(q)).contiguous()};
 }
 
 std::tuple<Tensor, Tensor, Tensor> attention_backward_cpu(
@@ -139,13 +142,9 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_cpu(
     const Tensor& out, const Tensor& lse, double scale, bool has_score_grad) {
   check_qkv(q_, k_, v_);
   const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
-  Tensor out_used = out, lse_used = lse;
-  if (q.scalar_type() == at::kDouble) {
-    // The saved lse is fp32 (the op contract); fp64 (gradcheck) recomputes it exactly.
-    std::tie(out_used, lse_used) = flash_forward(q, k, v, scale);
-  }
+  const Tensor lse_used = lse.to(acc_dtype(q));  // what the flash backward takes (a no-op for our own lse)
   auto [dq, dk, dv] = at::_scaled_dot_product_flash_attention_for_cpu_backward(
-      grad_out.contiguous(), q, k, v, out_used, lse_used, 0.0, false, std::nullopt, scale);
+      grad_out.contiguous(), q, k, v, out, lse_used, 0.0, false, std::nullopt, scale);
   dq = dq.contiguous();  // the CPU flash backward returns [B, N, H, D]-strided gradients
   dk = dk.contiguous();
   dv = dv.contiguous();

@@ -28,11 +28,11 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_math(
   Tensor score;
   if (return_cls_score) {
     TORCH_CHECK(tokens >= 2, "return_cls_score needs N >= 2 tokens, got ", tokens);
-    score = probs.select(2, 0).narrow(-1, 1, tokens - 1).mean(1).to(at::kFloat).contiguous();  // [B, N-1]
+    score = probs.select(2, 0).narrow(-1, 1, tokens - 1).mean(1).contiguous();  // [B, N-1]
   } else {
-    score = at::empty({batch, 0}, q.options().dtype(at::kFloat));
+    score = at::empty({batch, 0}, q.options().dtype(acc));
   }
-  return {out, score, lse.to(at::kFloat).contiguous()};
+  return {out, score, lse.contiguous()};
 }
 
 void add_score_grad_math(const Tensor& grad_score, const Tensor& q, const Tensor& k, const Tensor& lse,
@@ -55,12 +55,11 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_math(
     const Tensor& out, const Tensor& lse, double scale, bool has_score_grad) {
   check_qkv(q, k, v);
   (void)out;
-  (void)lse;  // recomputed below in the accumulation dtype: exact for fp64, where the saved lse is fp32
   const auto acc = acc_type(q);
   const int64_t heads = q.size(1), tokens = q.size(2);
   Tensor qa = q.to(acc), ka = k.to(acc), va = v.to(acc), go = grad_out.to(acc);
   Tensor logits = at::matmul(qa, ka.transpose(-2, -1)).mul_(scale);                  // [B, H, N, N]
-  Tensor probs = logits.sub_(at::logsumexp(logits, {-1}, /*keepdim=*/true)).exp_();
+  Tensor probs = logits.sub_(lse.to(acc).unsqueeze(-1)).exp_();
   Tensor grad_probs = at::matmul(go, va.transpose(-2, -1));                           // [B, H, N, N]
   if (has_score_grad) {
     TORCH_CHECK(grad_score.dim() == 2 && grad_score.size(0) == q.size(0) && grad_score.size(1) == tokens - 1,

@@ -131,7 +131,7 @@ __device__ __forceinline__ double exp_acc(double x) { return exp(x); }
 // One warp per (sample, patch key j): the head-mean CLS attention probability of key j.
 template <typename scalar_t, typename acc_t>
 __global__ void cls_score_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
-                                 const acc_t* __restrict__ lse0, acc_t scale, float* __restrict__ score,
+                                 const acc_t* __restrict__ lse0, acc_t scale, acc_t* __restrict__ score,
                                  int64_t heads, int64_t tokens, int64_t dim) {
   const int lane = threadIdx.x & 31;
   const int64_t b = blockIdx.y;
@@ -147,7 +147,7 @@ __global__ void cls_score_kernel(const scalar_t* __restrict__ q, const scalar_t*
     for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
     total += exp_acc(s * scale - lse0[bh]);
   }
-  if (lane == 0) score[b * (tokens - 1) + j - 1] = static_cast<float>(total / static_cast<acc_t>(heads));
+  if (lane == 0) score[b * (tokens - 1) + j - 1] = total / static_cast<acc_t>(heads);
 }
 
 int grid_for(int64_t total, int threads) {
@@ -228,7 +228,7 @@ void cls_score(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lse0,
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     cls_score_kernel<scalar_t, acc_t><<<grid, warps * 32, 0, stream>>>(
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), lse0.const_data_ptr<acc_t>(),
-        static_cast<acc_t>(scale), score.data_ptr<float>(), heads, tokens, dim);
+        static_cast<acc_t>(scale), score.data_ptr<acc_t>(), heads, tokens, dim);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -92,7 +92,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_cuda(
   Tensor score;
   if (return_cls_score) {
     TORCH_CHECK(tokens >= 2, "return_cls_score needs N >= 2 tokens, got ", tokens);
-    score = at::empty({q.size(0), tokens - 1}, q.options().dtype(at::kFloat));
+    score = at::empty({q.size(0), tokens - 1}, q.options().dtype(at::kFloat));  // fp32/fp16/bf16 here
     const Tensor lse0 = lse.select(2, 0).contiguous();  // [B, H]
     cuda::cls_score(q, k, lse0, scale, score);
   } else {

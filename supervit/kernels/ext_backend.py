@@ -14,6 +14,8 @@ import warnings
 
 import torch
 
+from .reference import compute_dtype
+
 NAME = "ext"
 
 try:
@@ -60,7 +62,7 @@ def is_available(device: torch.device):
 # The backend contract (inputs arrive contiguous; see reference.py for the semantics).
 # ----------------------------------------------------------------------------------------------------------------
 def attention_forward(q, k, v, scale: float, return_cls_score: bool):
-    """(out [B,H,N,D] q.dtype, score [B,N-1] fp32 or [B,0], lse [B,H,N] fp32)."""
+    """(out [B,H,N,D] q.dtype, score [B,N-1] or [B,0], lse [B,H,N]); score/lse fp32 (fp64 for fp64 inputs)."""
     return torch.ops.supervit.ext_attention_forward(q, k, v, float(scale), bool(return_cls_score))
 
 
@@ -95,8 +97,9 @@ if not _LOAD_ERROR:
     @torch.library.register_fake("supervit::ext_attention_forward")
     def _(q, k, v, scale, return_cls_score):
         batch, heads, tokens, _ = q.shape
-        return (q.new_empty(q.shape), q.new_empty((batch, tokens - 1 if return_cls_score else 0), dtype=torch.float32),
-                q.new_empty((batch, heads, tokens), dtype=torch.float32))
+        acc = compute_dtype(q.dtype)
+        return (q.new_empty(q.shape), q.new_empty((batch, tokens - 1 if return_cls_score else 0), dtype=acc),
+                q.new_empty((batch, heads, tokens), dtype=acc))
 
     @torch.library.register_fake("supervit::ext_attention_backward")
     def _(grad_out, grad_score, q, k, v, out, lse, scale, has_score_grad):

@@ -1,0 +1,122 @@
+"""The extension's attention with CLS score on CPU vs an fp64 ground truth (DESIGN.md tolerance rule).
+
+Forward (out, score, lse) and backward through both outputs with the same upstream gradients, fp32 and bf16,
+odd sequence lengths, B = 1 and B > 1; the ATen-composite "math" path (the CUDA fallback) on CPU too.
+"""
+import pytest
+import torch
+
+from supervit.kernels import reference
+
+ext = pytest.importorskip("supervit.kernels.ext_backend")
+
+SEQ_LENS = [9, 65, 101, 145, 197]
+# Absolute floor added to 2x the low-precision reference error (plus half an ulp of the output at |truth|max).
+FLOOR = {torch.float32: 1e-6, torch.bfloat16: 1e-4, torch.float16: 1e-5}
+
+
+def truth(q, k, v, scale, grad_out, grad_score):
+    """(out, score, lse, dq, dk, dv) in float64 with autograd; ``grad_*`` None means no upstream grad there."""
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    logits = q64 @ k64.transpose(-2, -1) * scale  # [B, H, N, N]
+    probs = torch.softmax(logits, dim=-1)
+    out, score = probs @ v64, probs[:, :, 0, 1:].mean(dim=1)
+    loss = out.new_zeros(())
+    if grad_out is not None:
+        loss = loss + (out * grad_out.double()).sum()
+    if grad_score is not None:
+        loss = loss + (score * grad_score.double()).sum()
+    grads = torch.autograd.grad(loss, (q64, k64, v64), allow_unused=True)
+    grads = tuple(torch.zeros_like(q64) if g is None else g for g in grads)
+    return (out.detach(), score.detach(), torch.logsumexp(logits, -1).detach()) + grads
+
+
+def reference_in(q, k, v, scale, grad_out, grad_score):
+    """The same six values from reference.py's backend run in the inputs' own dtype."""
+    out, score, lse = reference.attention_forward(q, k, v, scale, True)
+    go = torch.zeros_like(out) if grad_out is None else grad_out
+    gs = score[:, :0] if grad_score is None else grad_score
+    return (out, score, lse) + tuple(reference.attention_backward(go, gs, q, k, v, out, lse, scale,
+                                                                  grad_score is not None))
+
+
+def err(a, b) -> float:
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def assert_within_rule(name, got, lowp, want, dtype):
+    """error(kernel vs fp64) <= 2 x error(reference in ``dtype`` vs fp64) + floor."""
+    floor = FLOOR[dtype] + 0.5 * torch.finfo(got.dtype).eps * want.abs().max().item()
+    e_k, e_r = err(got, want), err(lowp, want)
+    assert e_k <= 2 * e_r + floor, f"{name}: kernel error {e_k:.3g} > 2 x reference error {e_r:.3g} + {floor:.3g}"
+
+
+def run(forward, backward, batch, heads, tokens, dim, dtype, grads="both", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v, go = (torch.randn(batch, heads, tokens, dim, generator=g).to(dtype) for _ in range(4))
+    gs = torch.randn(batch, tokens - 1, generator=g)
+    go = go if grads in ("both", "out") else None
+    gs = gs if grads in ("both", "score") else None
+    scale = dim ** -0.5
+    out, score, lse = forward(q, k, v, scale, True)
+    assert out.dtype == dtype and score.dtype == lse.dtype == torch.float32
+    assert out.is_contiguous() and score.shape == (batch, tokens - 1) and lse.shape == (batch, heads, tokens)
+    dq, dk, dv = backward(torch.zeros_like(out) if go is None else go, score[:, :0] if gs is None else gs,
+                          q, k, v, out, lse, scale, gs is not None)
+    want = truth(q, k, v, scale, go, gs)
+    lowp = reference_in(q, k, v, scale, go, gs)
+    for name, got, lp, tr in zip(("out", "score", "lse", "dq", "dk", "dv"), (out, score, lse, dq, dk, dv), lowp, want):
+        assert got.shape == tr.shape, name
+        assert_within_rule(f"{name} {dtype} B{batch} N{tokens} grads={grads}", got, lp, tr, dtype)
+    return out, score, lse, (dq, dk, dv)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("tokens", SEQ_LENS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_attention_forward_backward_within_tolerance(batch, tokens, dtype):
+    run(ext.attention_forward, ext.attention_backward, batch, 6, tokens, 64, dtype)
+
+
+@pytest.mark.parametrize("grads", ["out", "score"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_attention_one_upstream_gradient_at_a_time(dtype, grads):
+    run(ext.attention_forward, ext.attention_backward, 2, 3, 65, 32, dtype, grads=grads)
+
+
+@pytest.mark.parametrize("dim", [8, 20, 64])
+def test_attention_odd_head_dims(dim):
+    run(ext.attention_forward, ext.attention_backward, 2, 2, 27, dim, torch.float32)
+
+
+def test_attention_fp64_is_exact():
+    g = torch.Generator().manual_seed(1)
+    q, k, v, go = (torch.randn(2, 3, 33, 16, generator=g, dtype=torch.float64) for _ in range(4))
+    gs = torch.randn(2, 32, generator=g, dtype=torch.float64)
+    out, score, lse = ext.attention_forward(q, k, v, 0.3, True)
+    assert score.dtype == lse.dtype == torch.float64
+    grads = ext.attention_backward(go, gs, q, k, v, out, lse, 0.3, True)
+    for got, want in zip((out, score, lse) + tuple(grads), truth(q, k, v, 0.3, go, gs)):
+        assert torch.allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_without_score_request_the_score_is_empty():
+    q, k, v = (torch.randn(2, 3, 17, 8) for _ in range(3))
+    out, score, lse = ext.attention_forward(q, k, v, 0.5, False)
+    assert score.shape == (2, 0) and score.dtype == torch.float32
+    assert torch.equal(out, ext.attention_forward(q, k, v, 0.5, True)[0])
+
+
+def math_forward(q, k, v, scale, flag):
+    return torch.ops.supervit.ext_attention_forward_math(q, k, v, scale, flag)
+
+
+def math_backward(*args):
+    return torch.ops.supervit.ext_attention_backward_math(*args)
+
+
+@pytest.mark.parametrize("grads", ["both", "out", "score"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("tokens", [9, 65, 197])
+def test_math_path_used_by_cuda_fallback(tokens, dtype, grads):
+    run(math_forward, math_backward, 2, 3, tokens, 24, dtype, grads=grads)

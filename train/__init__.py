@@ -1,0 +1,7 @@
+"""SuperViT training: the reference command lines (main_deit.py, main_lvvit.py) on one shared engine.
+
+Modules: ``distributed`` (torchrun/DDP, seeds), ``data`` (ImageFolder sets, transforms, samplers), ``digits`` (the
+embedded demo data set and model), ``token_label`` (LV-ViT token-label data, targets, loss), ``engine`` (the
+4-sub-network step, the 12-sub-network evaluation), ``checkpointing`` (atomic reference-format checkpoints,
+resume), ``report`` (tables, JSON/CSV, plot), ``runner`` (the run both scripts share).
+"""

@@ -1,0 +1,282 @@
+"""The shared engine: the 4-sub-network training step (SPEC section 4) and the 12-sub-network evaluation (section 5).
+
+One optimizer step: sample ``[(L, 1), (L, r1), (s, 1), (s, r2)]`` (L the largest image size, s uniform among the
+others, r1 and r2 uniform among the keep rates below 1); zero the gradients once; for each sub-network forward,
+loss, and backward at once (its activations are freed before the next; gradients add up with weight 1); then one
+optimizer step, scaler update and EMA update. Full-keep sub-networks take the recipe's supervised loss; a reduced one
+takes ``KLDiv(batchmean)(log_softmax(student), softmax(teacher.detach()))`` from its teacher. Under DDP the first
+three backward passes run in ``no_sync`` so gradients are summed locally and all-reduced once, on the fourth.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.utils import dispatch_clip_grad
+from tqdm import tqdm
+
+from .distributed import DistInfo, all_reduce_sum
+
+Subnet = tuple  # (img_size: int, keep_ratio: float)
+
+# Teacher of each of the 4 sub-networks, by index into [(L,1), (L,r1), (s,1), (s,r2)]; None = supervised loss.
+TEACHERS = {
+    "group": (None, 0, None, 2),  # DeiT recipe and the paper: each reduced keep learns from its own size's full keep
+    "full": (None, 0, None, 0),   # LV-ViT reference script: both reduced keeps learn from (L, 1)
+}
+
+# Inspection seam: callables run after every sub-network's backward with a dict (see ``train_step``).
+STEP_HOOKS: list[Callable[[dict], None]] = []
+
+
+def subnet_key(img_size: int, keep_ratio: float) -> str:
+    """'224_1', '128_0.5' ...: the prefix of the metric keys of a sub-network."""
+    return f"{int(img_size)}_{float(keep_ratio):g}"
+
+
+def sample_subnets(rng: random.Random, img_sizes, keep_ratios) -> list[Subnet]:
+    """``[(L, 1), (L, r1), (s, 1), (s, r2)]`` drawn with ``rng``."""
+    largest, others = img_sizes[-1], list(img_sizes[:-1]) or [img_sizes[-1]]
+    reduced = [r for r in keep_ratios if r < 1.0] or [1.0]
+    small = rng.choice(others)
+    r1, r2 = rng.choice(reduced), rng.choice(reduced)
+    return [(largest, 1.0), (largest, r1), (small, 1.0), (small, r2)]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KLDiv(batchmean)(log_softmax(student), softmax(teacher.detach())), T = 1, computed in fp32."""
+    return F.kl_div(F.log_softmax(student_logits.float(), dim=-1), F.softmax(teacher_logits.detach().float(), dim=-1),
+                    reduction="batchmean")
+
+
+class ClassificationTask:
+    """DeiT recipe: Mixup/CutMix targets and soft-target (or label-smoothing) cross-entropy."""
+
+    def __init__(self, criterion: nn.Module, mixup_fn=None):
+        self.criterion, self.mixup_fn = criterion, mixup_fn
+
+    def prepare(self, images, targets):
+        """(images, loss targets, extra forward kwargs) of one batch; all four sub-networks see the same."""
+        if self.mixup_fn is not None:
+            images, targets = self.mixup_fn(images, targets)
+        return images, targets, {}
+
+    def logits(self, output):
+        return output
+
+    def supervised_loss(self, output, targets, largest: bool):
+        return self.criterion(output.float(), targets)
+
+
+@dataclass
+class Amp:
+    """Autocast settings: fp16 + GradScaler on CUDA, optional bf16 on CPU."""
+
+    device_type: str = "cpu"
+    dtype: Optional[torch.dtype] = None  # None: fp32
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype is not None
+
+    def autocast(self):
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+@dataclass
+class StepContext:
+    """Everything one optimizer step needs beside the batch."""
+
+    model: nn.Module                 # what runs forward (the DDP wrapper when distributed)
+    module: nn.Module                # the bare super-network (EMA, hooks)
+    task: object
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler]
+    amp: Amp
+    info: DistInfo
+    teachers: tuple = TEACHERS["group"]
+    clip_grad: Optional[float] = None
+    clip_mode: str = "norm"
+    ema: Optional[nn.Module] = None
+    max_nonfinite_steps: int = 20
+    nonfinite_streak: int = 0
+    skipped_steps: int = 0
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss stayed NaN/inf for too many consecutive steps."""
+
+
+def _sync_context(ctx: StepContext, index: int):
+    """no_sync for the first three backward passes under DDP: one gradient all-reduce per step."""
+    if ctx.info.distributed and index < 3 and hasattr(ctx.model, "no_sync"):
+        return ctx.model.no_sync()
+    return contextlib.nullcontext()
+
+
+def train_step(ctx: StepContext, images, targets, subnets: list[Subnet], num_updates: int) -> dict:
+    """One optimizer step over the 4 sub-networks; returns {'losses': [4 floats], 'stepped': bool}."""
+    images, loss_targets, fwd_kwargs = ctx.task.prepare(images, targets)
+    largest = ctx.module.img_sizes[-1]
+    ctx.optimizer.zero_grad(set_to_none=False)
+    kept_logits: dict[int, torch.Tensor] = {}
+    losses = []
+    for i, (size, ratio) in enumerate(subnets):
+        teacher = ctx.teachers[i]
+        with _sync_context(ctx, i):
+            with ctx.amp.autocast():
+                output = ctx.model(images, img_size=size, keep_ratio=ratio, **fwd_kwargs)
+                logits = ctx.task.logits(output)
+                if teacher is None:
+                    loss = ctx.task.supervised_loss(output, loss_targets, largest=size == largest)
+                else:
+                    loss = kd_loss(logits, kept_logits[teacher])
+            if i in ctx.teachers:
+                kept_logits[i] = logits.detach()
+            (ctx.scaler.scale(loss) if ctx.scaler is not None else loss).backward()
+        losses.append(loss.detach())
+        for hook in STEP_HOOKS:
+            hook(dict(index=i, subnet=(size, ratio), teacher=teacher, loss=loss.detach(), logits=logits.detach(),
+                      teacher_logits=None if teacher is None else kept_logits[teacher], module=ctx.module))
+        del output, logits, loss
+    losses_t = torch.stack(losses).float()  # [4]
+    finite = torch.isfinite(losses_t).all().to(torch.int32).reshape(1)
+    if ctx.info.distributed:  # every rank takes the same skip decision
+        finite = finite.to(ctx.info.device)
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    finite = bool(finite.item())
+    stepped = _optimizer_step(ctx, finite, num_updates)
+    values = losses_t.tolist()
+    if not finite:
+        ctx.nonfinite_streak += 1
+        if ctx.nonfinite_streak >= ctx.max_nonfinite_steps:
+            bad = [f"{subnet_key(*s)} (loss {v})" for s, v in zip(subnets, values) if not math.isfinite(v)]
+            raise NonFiniteLossError(f"non-finite loss for {ctx.nonfinite_streak} consecutive steps; last at "
+                                     f"sub-network(s) {', '.join(bad) or 'on another rank'}")
+    else:
+        ctx.nonfinite_streak = 0
+    return {"losses": values, "stepped": stepped}
+
+
+def _optimizer_step(ctx: StepContext, finite: bool, num_updates: int) -> bool:
+    """Unscale once (after the 4 backward passes), clip, step, update the scaler and the EMA."""
+    if ctx.scaler is not None:
+        if ctx.clip_grad:
+            ctx.scaler.unscale_(ctx.optimizer)
+            dispatch_clip_grad(ctx.module.parameters(), ctx.clip_grad, mode=ctx.clip_mode)
+        scale_before = ctx.scaler.get_scale()
+        ctx.scaler.step(ctx.optimizer)  # skipped by the scaler when gradients hold inf/NaN
+        ctx.scaler.update()
+        stepped = ctx.scaler.get_scale() >= scale_before
+    elif finite:
+        if ctx.clip_grad:
+            dispatch_clip_grad(ctx.module.parameters(), ctx.clip_grad, mode=ctx.clip_mode)
+        ctx.optimizer.step()
+        stepped = True
+    else:
+        stepped = False
+    if not stepped:
+        ctx.skipped_steps += 1
+        ctx.optimizer.zero_grad(set_to_none=False)
+    elif ctx.ema is not None:
+        ctx.ema.update(ctx.module, step=num_updates)
+    return stepped
+
+
+LOSS_NAMES = ("loss_full", "loss_kd_full", "loss_small", "loss_kd_small")
+
+
+def train_one_epoch(ctx: StepContext, loader, epoch: int, rng: random.Random, scheduler=None,
+                    updates_per_epoch: int = 0, max_steps: int = 0, progress: bool = True) -> dict:
+    """One pass over ``loader``; returns the mean of each of the 4 losses, the lr, step counts and time."""
+    ctx.model.train()
+    sums = torch.zeros(4, dtype=torch.float64)
+    steps = 0
+    total = len(loader) if not max_steps else min(len(loader), max_steps)
+    bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not (progress and ctx.info.is_main), leave=False,
+               dynamic_ncols=True, mininterval=1.0)
+    start = time.time()
+    for i, (images, targets) in enumerate(loader):
+        if max_steps and i >= max_steps:
+            break
+        num_updates = epoch * updates_per_epoch + i
+        if scheduler is not None:
+            scheduler.step_update(num_updates)
+        images = images.to(ctx.info.device, non_blocking=True)
+        targets = _to_device(targets, ctx.info.device)
+        subnets = sample_subnets(rng, ctx.module.img_sizes, ctx.module.keep_ratios)
+        out = train_step(ctx, images, targets, subnets, num_updates + 1)
+        sums += torch.tensor(out["losses"], dtype=torch.float64).nan_to_num(0.0)
+        steps += 1
+        bar.update(1)
+        if steps % 10 == 0 or steps == total:
+            bar.set_postfix(loss=f"{sums[0].item() / steps:.3f}", kd=f"{sums[1].item() / steps:.3f}",
+                            lr=f"{ctx.optimizer.param_groups[0]['lr']:.2e}")
+    bar.close()
+    means = (sums / max(steps, 1)).tolist()
+    result = dict(zip(LOSS_NAMES, means))
+    result.update(loss=sum(means), lr=ctx.optimizer.param_groups[0]["lr"], steps=steps,
+                  skipped_steps=ctx.skipped_steps, train_time_s=time.time() - start)
+    return result
+
+
+def _to_device(targets, device):
+    if isinstance(targets, torch.Tensor):
+        return targets.to(device, non_blocking=True)
+    if isinstance(targets, (tuple, list)):
+        return type(targets)(_to_device(t, device) for t in targets)
+    if isinstance(targets, dict):
+        return {k: _to_device(v, device) for k, v in targets.items()}
+    return targets
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, subnets: list[Subnet], amp: Amp, info: DistInfo, reduce: bool,
+             progress: bool = True) -> dict:
+    """Top-1/top-5 (%) of every sub-network on the whole loader, each batch through all of them.
+
+    Keys ``{s}_{r}_acc1`` / ``{s}_{r}_acc5`` (e.g. ``224_1_acc1``), ``loss`` (cross-entropy of the largest full
+    sub-network) and ``num_samples``. ``reduce``: sum the counts over ranks (each rank saw a shard).
+    """
+    model.eval()
+    device = info.device
+    correct = torch.zeros(len(subnets), 2, dtype=torch.float64, device=device)  # [subnets, (top1, top5)]
+    loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
+    count = torch.zeros(1, dtype=torch.float64, device=device)
+    full_index = subnets.index((model.img_sizes[-1], 1.0)) if (model.img_sizes[-1], 1.0) in subnets else 0
+    bar = tqdm(loader, desc="eval", disable=not (progress and info.is_main), leave=False, dynamic_ncols=True)
+    for images, targets in bar:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        for j, (size, ratio) in enumerate(subnets):
+            with amp.autocast():
+                logits = model(images, img_size=size, keep_ratio=ratio)
+            logits = logits.float()
+            topk = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # [B, 5]
+            hits = topk.eq(targets.unsqueeze(1))
+            correct[j, 0] += hits[:, 0].sum()
+            correct[j, 1] += hits.any(dim=1).sum()
+            if j == full_index:
+                loss_sum += F.cross_entropy(logits, targets, reduction="sum")
+        count += targets.shape[0]
+    if reduce:
+        all_reduce_sum(correct, info)
+        all_reduce_sum(loss_sum, info)
+        all_reduce_sum(count, info)
+    n = max(count.item(), 1.0)
+    metrics = {}
+    for j, (size, ratio) in enumerate(subnets):
+        metrics[f"{subnet_key(size, ratio)}_acc1"] = 100.0 * correct[j, 0].item() / n
+        metrics[f"{subnet_key(size, ratio)}_acc5"] = 100.0 * correct[j, 1].item() / n
+    metrics["loss"] = loss_sum.item() / n
+    metrics["num_samples"] = int(count.item())
+    return metrics

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "ext.h"
@@ -19,18 +20,38 @@
 namespace supervit {
 namespace {
 
-template <typename scalar_t, typename acc_t>
-inline acc_t dot(const acc_t* a, const scalar_t* b, int64_t n) {
-  acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;  // four partial sums so the compiler can vectorize
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    s0 += a[i] * static_cast<acc_t>(b[i]);
-    s1 += a[i + 1] * static_cast<acc_t>(b[i + 1]);
-    s2 += a[i + 2] * static_cast<acc_t>(b[i + 2]);
-    s3 += a[i + 3] * static_cast<acc_t>(b[i + 3]);
+// Function multi-versioning (GCC, x86-64): the hot fp32 loop gets AVX-512 / AVX2+FMA clones picked at load time,
+// while the library still runs on any x86-64.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
+#define SUPERVIT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SUPERVIT_CLONES
+#endif
+
+// out[j] = a . b[j * dim : (j + 1) * dim] for j in [0, rows): the (scaled) CLS query against every key row.
+SUPERVIT_CLONES void row_dots_f32(const float* a, const float* b, int64_t rows, int64_t dim, float* out) {
+  for (int64_t j = 0; j < rows; ++j) {
+    const float* bj = b + j * dim;
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t d = 0; d < dim; ++d) s += a[d] * bj[d];
+    out[j] = s;
   }
-  for (; i < n; ++i) s0 += a[i] * static_cast<acc_t>(b[i]);
-  return (s0 + s1) + (s2 + s3);
+}
+
+template <typename scalar_t, typename acc_t>
+void row_dots(const acc_t* a, const scalar_t* b, int64_t rows, int64_t dim, acc_t* out) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    row_dots_f32(a, b, rows, dim, out);
+  } else {
+    for (int64_t j = 0; j < rows; ++j) {
+      const scalar_t* bj = b + j * dim;
+      acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t d = 0; d < dim; ++d) s += a[d] * static_cast<acc_t>(bj[d]);
+      out[j] = s;
+    }
+  }
 }
 
 // Accumulation dtype of the score and lse: float32, float64 for float64 inputs (reference.compute_dtype).
@@ -53,7 +74,7 @@ Tensor cls_score_cpu(const Tensor& q, const Tensor& k, const Tensor& lse, double
     acc_t* sp = score.data_ptr<acc_t>();
     const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, heads * tokens * dim));
     at::parallel_for(0, batch, grain, [&](int64_t b0, int64_t b1) {
-      std::vector<acc_t> q0(dim), acc(tokens - 1);
+      std::vector<acc_t> q0(dim), acc(tokens - 1), logit(tokens - 1);
       for (int64_t b = b0; b < b1; ++b) {
         std::fill(acc.begin(), acc.end(), acc_t(0));
         for (int64_t h = 0; h < heads; ++h) {
@@ -61,10 +82,8 @@ Tensor cls_score_cpu(const Tensor& q, const Tensor& k, const Tensor& lse, double
           const scalar_t* qrow = qp + bh * tokens * dim;  // q[b, h, 0]
           for (int64_t d = 0; d < dim; ++d) q0[d] = static_cast<acc_t>(qrow[d]) * static_cast<acc_t>(scale);
           const acc_t lse_cls = lp[bh];
-          const scalar_t* kb = kp + bh * tokens * dim;
-          for (int64_t j = 1; j < tokens; ++j) {
-            acc[j - 1] += std::exp(dot(q0.data(), kb + j * dim, dim) - lse_cls);
-          }
+          row_dots(q0.data(), kp + bh * tokens * dim + dim, tokens - 1, dim, logit.data());  // keys 1..N-1
+          for (int64_t j = 0; j < tokens - 1; ++j) acc[j] += std::exp(logit[j] - lse_cls);
         }
         for (int64_t j = 0; j < tokens - 1; ++j) sp[b * (tokens - 1) + j] = acc[j] / heads;
       }
@@ -99,8 +118,9 @@ void add_score_grad_cpu(const Tensor& grad_score, const Tensor& q, const Tensor&
           q0s[d] = q0[d] * sc;
         }
         acc_t row_dot = 0;
+        row_dots(q0s.data(), kb, tokens, dim, p.data());
         for (int64_t j = 0; j < tokens; ++j) {
-          p[j] = std::exp(dot(q0s.data(), kb + j * dim, dim) - lp[bh]);
+          p[j] = std::exp(p[j] - lp[bh]);
           if (j > 0) row_dot += p[j] * gp[b * (tokens - 1) + j - 1];
         }
         row_dot /= heads;

@@ -46,6 +46,16 @@ def is_available(device: torch.device):
         _warn_once(_LOAD_ERROR)
         return False, _LOAD_ERROR
     kind = torch.device(device).type
+    if kind not in _status:
+        _status[kind] = _kernel_status(kind)
+    return _status[kind]
+
+
+_status: dict[str, tuple[bool, str]] = {}
+
+
+def _kernel_status(kind: str) -> tuple[bool, str]:
+    """Whether the dispatcher has a kernel of every ext op for device type ``kind`` (fixed once loaded)."""
     key = _DISPATCH_KEYS.get(kind)
     if key is None:
         return False, f"supervit._C has no kernels for device type {kind!r}"

@@ -108,7 +108,8 @@ void add_score_grad_cpu(const Tensor& grad_score, const Tensor& q, const Tensor&
     scalar_t* dqp = dq.data_ptr<scalar_t>();
     scalar_t* dkp = dk.data_ptr<scalar_t>();
     const acc_t sc = static_cast<acc_t>(scale);
-    at::parallel_for(0, batch * heads, 1, [&](int64_t i0, int64_t i1) {
+    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, 2 * tokens * dim));
+    at::parallel_for(0, batch * heads, grain, [&](int64_t i0, int64_t i1) {
       std::vector<acc_t> q0(dim), q0s(dim), p(tokens), dq0(dim);
       for (int64_t bh = i0; bh < i1; ++bh) {
         const int64_t b = bh / heads;

@@ -13,24 +13,33 @@ def ext_backend(monkeypatch):
     monkeypatch.setenv("SUPERVIT_BACKEND", "ext")
 
 
+@pytest.fixture
+def one_thread():
+    """gradcheck runs thousands of tiny calls: intra-op threads only add barrier waits (slow on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def rand(*shape, dtype=torch.float64, seed=0, grad=True):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_(grad)
 
 
-@pytest.mark.parametrize("tokens", [2, 9, 17])
-def test_gradcheck_attention_both_outputs(tokens):
-    q, k, v = (rand(2, 3, tokens, 8, seed=s) for s in range(3))
+@pytest.mark.parametrize("tokens", [2, 9])
+def test_gradcheck_attention_both_outputs(tokens, one_thread):
+    q, k, v = (rand(2, 2, tokens, 4, seed=s) for s in range(3))
     assert torch.autograd.gradcheck(lambda a, b, c: kernels.attention(a, b, c, return_cls_score=True), (q, k, v))
     assert torch.autograd.gradcheck(lambda a, b, c: kernels.attention(a, b, c, 0.7), (q, k, v))
 
 
-def test_gradcheck_attention_score_only():
-    q, k, v = (rand(1, 2, 11, 4, seed=s) for s in range(3))
+def test_gradcheck_attention_score_only(one_thread):
+    q, k, v = (rand(2, 2, 11, 4, seed=s) for s in range(3))
     assert torch.autograd.gradcheck(lambda a, b, c: kernels.attention(a, b, c, return_cls_score=True)[1], (q, k, v))
 
 
-def test_gradcheck_prune_and_gather():
+def test_gradcheck_prune_and_gather(one_thread):
     x = rand(2, 11, 5)
     score = rand(2, 10, grad=False, seed=3)
     assert torch.autograd.gradcheck(lambda t: kernels.prune_tokens(t, score, 0.5)[0], (x,))

@@ -276,16 +276,40 @@ def _prune_by_length(configs, named_args, **_):
     return kept or configs[-1:]
 
 
-_FWD_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-                for m, n, w, s in ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
-                                   (64, 32, 4, 2), (32, 32, 4, 2))]
-_BWD_CONFIGS = [triton.Config({"BLOCK_SMALL": m, "BLOCK_BIG": n}, num_warps=w, num_stages=s)
-                for m, n, w, s in ((32, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 2),
-                                   (16, 32, 4, 2))]
-_attn_fwd_tuned = triton.autotune(_FWD_CONFIGS, key=["N_BUCKET", "HEAD_DIM", "STORE_S0"],
-                                  prune_configs_by={"early_config_prune": _prune_by_length})(_attn_fwd_kernel)
-_attn_bwd_tuned = triton.autotune(_BWD_CONFIGS, key=["N_BUCKET", "HEAD_DIM", "HAS_GS"],
-                                  prune_configs_by={"early_config_prune": _prune_by_length})(_attn_bwd_kernel)
+# (block, block, warps, stages) per (kind, head dim). Chosen from an ahead-of-time sm_90 compile sweep so that no
+# config spills registers (or spills least); which one is fastest is left to the autotuner. "ieee" = fp32 inputs
+# with exact fp32 products, whose FMA-based dots need small tiles.
+_FWD_TABLE = {
+    ("mma", 64): ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2)),
+    ("mma", 128): ((128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 3), (32, 32, 4, 2)),
+    ("mma", 256): ((64, 32, 8, 2), (64, 16, 8, 2), (32, 16, 8, 2), (16, 16, 8, 2)),
+    ("ieee", 64): ((32, 16, 4, 2), (64, 16, 8, 2), (16, 16, 8, 2)),
+    ("ieee", 256): ((16, 16, 8, 2),),
+}
+_BWD_TABLE = {
+    ("mma", 64): ((32, 128, 8, 3), (64, 64, 8, 3), (32, 64, 8, 3), (16, 64, 8, 3), (32, 32, 4, 3), (16, 32, 4, 2)),
+    ("mma", 128): ((32, 32, 8, 3), (16, 32, 8, 2), (16, 64, 8, 3), (64, 64, 8, 3)),
+    ("mma", 256): ((16, 16, 8, 2),),
+    ("ieee", 256): ((16, 16, 8, 2), (16, 32, 8, 2)),
+}
+_tuned_kernels: dict = {}
+
+
+def _tuned(kind: str, head_dim: int, backward: bool):
+    """The autotuned fwd/bwd kernel for fp32-exact ("ieee") or tensor-core ("mma") dots at this head dim."""
+    table = _BWD_TABLE if backward else _FWD_TABLE
+    dims = sorted(d for k, d in table if k == kind)
+    dim = next((d for d in dims if d >= head_dim), dims[-1])  # the row for the smallest listed dim >= head_dim
+    key = (kind, dim, backward)
+    if key not in _tuned_kernels:
+        names = ("BLOCK_SMALL", "BLOCK_BIG") if backward else ("BLOCK_M", "BLOCK_N")
+        configs = [triton.Config(dict(zip(names, (a, b))), num_warps=w, num_stages=st)
+                   for a, b, w, st in table[(kind, dim)]]
+        kernel = _attn_bwd_kernel if backward else _attn_fwd_kernel
+        tune_key = ["N_BUCKET", "HEAD_DIM", "HAS_GS" if backward else "STORE_S0"]
+        _tuned_kernels[key] = triton.autotune(configs, key=tune_key,
+                                              prune_configs_by={"early_config_prune": _prune_by_length})(kernel)
+    return _tuned_kernels[key]
 
 
 def _interp_block(n: int) -> int:
@@ -297,6 +321,10 @@ def _dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
     return "tf32"
+
+
+def _dot_kind(precision: str) -> str:
+    return "ieee" if precision == "ieee" else "mma"
 
 
 def _padded_dim(d: int) -> int:
@@ -334,7 +362,7 @@ def attention_fwd(q, k, v, scale: float, return_cls_score: bool, blocks: tuple[i
     meta = dict(HEAD_DIM=dp, STORE_S0=return_cls_score, DOT_PREC=_dot_precision(q.dtype))
     if blocks is None and not _INTERPRET:
         grid = lambda m: (triton.cdiv(tokens, m["BLOCK_M"]), batch * heads)  # noqa: E731
-        _attn_fwd_tuned[grid](*args, **meta)
+        _tuned(_dot_kind(meta["DOT_PREC"]), dp, backward=False)[grid](*args, **meta)
     else:
         bm, bn = blocks or (_interp_block(tokens),) * 2
         _attn_fwd_kernel[(triton.cdiv(tokens, bm), batch * heads)](*args, BLOCK_M=bm, BLOCK_N=bn, **meta)
@@ -366,16 +394,16 @@ def attention_bwd(grad_out, grad_score, q, k, v, out, lse, scale: float, has_sco
     gs = grad_score.contiguous().float() if has_score_grad else lse  # [B, N-1] fp32
     qk_scale = scale * 1.4426950408889634
     delta = torch.empty_like(lse)  # [B, H, N]
-    bm = 128 if not _INTERPRET else _interp_block(tokens)
+    bm = max(16, 4096 // dp) if not _INTERPRET else _interp_block(tokens)  # [BLOCK_M, D] fp32 tiles of o, do
     _bwd_delta_kernel[(triton.cdiv(tokens, bm), batch * heads)](
         out, grad_out, q, k, lse, gs, delta, tokens, heads, qk_scale,
-        HEAD_DIM=dp, BLOCK_M=bm, BLOCK_N=64 if not _INTERPRET else bm, HAS_GS=has_score_grad)
+        HEAD_DIM=dp, BLOCK_M=bm, BLOCK_N=max(16, 2048 // dp) if not _INTERPRET else bm, HAS_GS=has_score_grad)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     args = (q, k, v, grad_out, dq, dk, dv, lse, delta, gs, tokens, _bucket(tokens), heads, scale, qk_scale)
     meta = dict(HEAD_DIM=dp, HAS_GS=has_score_grad, DOT_PREC=_dot_precision(q.dtype))
     if blocks is None and not _INTERPRET:
         grid = lambda m: (triton.cdiv(tokens, m["BLOCK_BIG"]), batch * heads)  # noqa: E731
-        _attn_bwd_tuned[grid](*args, **meta)
+        _tuned(_dot_kind(meta["DOT_PREC"]), dp, backward=True)[grid](*args, **meta)
     else:
         small, big = blocks or (_interp_block(tokens),) * 2
         _attn_bwd_kernel[(triton.cdiv(tokens, big), batch * heads)](*args, BLOCK_SMALL=small, BLOCK_BIG=big, **meta)

@@ -86,3 +86,14 @@ def test_float64_delegates_to_reference():
     assert out.dtype == torch.float64
     truth = attention_truth(q, k, v, 0.25, go, gs)
     torch.testing.assert_close(out, truth[0])
+
+
+def test_gpu_launch_tables():
+    """Every autotune table row is a valid tile, and pruning by length always leaves a config (pure Python)."""
+    for backward in (False, True):
+        for kind in ("mma", "ieee"):
+            for dim in (16, 32, 64, 128, 256):
+                tuner = triton_attention._tuned(kind, dim, backward)
+                for tokens in (2, 10, 27, 65, 197, 4096):
+                    kept = triton_attention._prune_by_length(tuner.configs, {"N_BUCKET": triton_attention._bucket(tokens)})
+                    assert kept and all(v >= 16 for c in kept for v in c.kwargs.values())

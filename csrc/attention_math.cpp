@@ -56,21 +56,23 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_math(
   check_qkv(q, k, v);
   (void)out;
   const auto acc = acc_type(q);
-  const int64_t heads = q.size(1), tokens = q.size(2);
+  const int64_t tokens = q.size(2);
   Tensor qa = q.to(acc), ka = k.to(acc), va = v.to(acc), go = grad_out.to(acc);
   Tensor logits = at::matmul(qa, ka.transpose(-2, -1)).mul_(scale);                  // [B, H, N, N]
   Tensor probs = logits.sub_(lse.to(acc).unsqueeze(-1)).exp_();
   Tensor grad_probs = at::matmul(go, va.transpose(-2, -1));                           // [B, H, N, N]
-  if (has_score_grad) {
-    TORCH_CHECK(grad_score.dim() == 2 && grad_score.size(0) == q.size(0) && grad_score.size(1) == tokens - 1,
-                "grad_score must be [B, N-1] = [", q.size(0), ", ", tokens - 1, "], got ", grad_score.sizes());
-    grad_probs.select(2, 0).narrow(-1, 1, tokens - 1).add_(grad_score.to(acc).unsqueeze(1).div(heads));
-  }
   Tensor row_dot = (grad_probs * probs).sum(-1, /*keepdim=*/true);                    // [B, H, N, 1]
   Tensor grad_logits = probs * (grad_probs - row_dot) * scale;                         // [B, H, N, N]
-  Tensor dq = at::matmul(grad_logits, ka).to(q.scalar_type()).contiguous();
-  Tensor dk = at::matmul(grad_logits.transpose(-2, -1), qa).to(k.scalar_type()).contiguous();
+  Tensor dq = at::matmul(grad_logits, ka);
+  Tensor dk = at::matmul(grad_logits.transpose(-2, -1), qa);
   Tensor dv = at::matmul(probs.transpose(-2, -1), go).to(v.scalar_type()).contiguous();
+  if (has_score_grad) {  // linear in the upstream grads: the same term the fused CUDA path adds
+    TORCH_CHECK(grad_score.dim() == 2 && grad_score.size(0) == q.size(0) && grad_score.size(1) == tokens - 1,
+                "grad_score must be [B, N-1] = [", q.size(0), ", ", tokens - 1, "], got ", grad_score.sizes());
+    add_score_grad_math(grad_score, q, k, lse, scale, dq, dk);
+  }
+  dq = dq.to(q.scalar_type()).contiguous();
+  dk = dk.to(k.scalar_type()).contiguous();
   return {dq, dk, dv};
 }
 

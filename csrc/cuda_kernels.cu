@@ -134,8 +134,8 @@ __global__ void cls_score_kernel(const scalar_t* __restrict__ q, const scalar_t*
                                  const acc_t* __restrict__ lse0, acc_t scale, acc_t* __restrict__ score,
                                  int64_t heads, int64_t tokens, int64_t dim) {
   const int lane = threadIdx.x & 31;
-  const int64_t b = blockIdx.y;
-  const int64_t j = 1 + int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int64_t b = blockIdx.x;
+  const int64_t j = 1 + int64_t(blockIdx.y) * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (j >= tokens) return;  // whole warps exit together; no block-level barrier below
   acc_t total = 0;
   for (int64_t h = 0; h < heads; ++h) {
@@ -222,7 +222,7 @@ void cls_score(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lse0,
   const int64_t batch = q.size(0), heads = q.size(1), tokens = q.size(2), dim = q.size(3);
   if (batch == 0 || tokens < 2) return;
   const int warps = 8;
-  const dim3 grid(static_cast<unsigned>((tokens - 1 + warps - 1) / warps), static_cast<unsigned>(batch));
+  const dim3 grid(static_cast<unsigned>(batch), static_cast<unsigned>((tokens - 1 + warps - 1) / warps));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ext_cls_score_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;

@@ -1,6 +1,6 @@
 """Triton kernels of the fused attention: a flash-style forward that also yields the CLS score, and its backward.
 
-Layout: q, k, v, out are contiguous [B, H, N, D]; the second program id runs over b * H + h. Logits live in the
+Layout: q, k, v, out are contiguous [B, H, N, D]; a flat grid runs over (b * H + h, row block). Logits live in the
 log2 domain (q.k * scale * log2(e)) so the kernels use exp2; ``lse`` is stored in natural-log units, as the
 reference backend stores it, so forward and backward of different backends stay interchangeable.
 
@@ -35,6 +35,15 @@ _LN2 = tl.constexpr(0.6931471805599453)
 # Forward
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
+def _block_and_head(N, BLOCK: tl.constexpr):
+    """(row block, b*H+h) of this program on a flat grid: the blocks of one head run next to each other (their
+    K/V stay in L2) and B*H is not bounded by the 65535 limit of a second grid axis."""
+    pid = tl.program_id(0)
+    num_blocks = tl.cdiv(N, BLOCK)
+    return pid % num_blocks, (pid // num_blocks).to(tl.int64)
+
+
+@triton.jit
 def _fwd_block(acc, m_i, l_i, q, K, V, S0, start, offs_d, N, qk_scale, first_rows,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                MASK: tl.constexpr, STORE_S0: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -67,8 +76,7 @@ def _attn_fwd_kernel(Q, K, V, Out, Lse, S0, N, N_BUCKET, qk_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      STORE_S0: tl.constexpr, DOT_PREC: tl.constexpr):
     """out = softmax(q k^T * scale) v for one (query block, b*H+h); writes out, lse and (opt.) row-0 logits."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    pid_m, bh = _block_and_head(N, BLOCK_M)
     base = bh * N * HEAD_DIM
     Q += base
     K += base
@@ -99,8 +107,8 @@ def _attn_fwd_kernel(Q, K, V, Out, Lse, S0, N, N_BUCKET, qk_scale,
 @triton.jit
 def _cls_score_kernel(S0, Lse, Score, N, H, BLOCK: tl.constexpr):
     """score[b, j] = mean_h exp(s0[b, h, 1 + j] - lse[b, h, 0]) for a block of patch keys j."""
-    b = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK] patch ids (key id - 1)
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK] patch ids (key id - 1)
     ok = offs < N - 1
     acc = tl.zeros([BLOCK], tl.float32)
     for h in range(H):
@@ -118,8 +126,7 @@ def _cls_score_kernel(S0, Lse, Score, N, H, BLOCK: tl.constexpr):
 def _bwd_delta_kernel(O, DO, Q, K, Lse, GS, Delta, N, H, qk_scale,
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_GS: tl.constexpr):
     """delta = rowsum(dO * O); row 0 also gets sum_j P0j * grad_score[j-1] / H when the score has a gradient."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    pid_m, bh = _block_and_head(N, BLOCK_M)
     base = bh * N * HEAD_DIM
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -207,8 +214,7 @@ def _attn_bwd_kernel(Q, K, V, DO, DQ, DK, DV, Lse, Delta, GS, N, N_BUCKET, H, sc
                      HEAD_DIM: tl.constexpr, BLOCK_SMALL: tl.constexpr, BLOCK_BIG: tl.constexpr,
                      HAS_GS: tl.constexpr, DOT_PREC: tl.constexpr):
     """Program (i, b*H+h): dK, dV of key block i (loop over query blocks), then dQ of query block i."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    pid, bh = _block_and_head(N, BLOCK_BIG)
     b = bh // H
     base = bh * N * HEAD_DIM
     Q += base
@@ -361,16 +367,16 @@ def attention_fwd(q, k, v, scale: float, return_cls_score: bool, blocks: tuple[i
     args = (q, k, v, out, lse, s0, tokens, _bucket(tokens), scale * 1.4426950408889634)
     meta = dict(HEAD_DIM=dp, STORE_S0=return_cls_score, DOT_PREC=_dot_precision(q.dtype))
     if blocks is None and not _INTERPRET:
-        grid = lambda m: (triton.cdiv(tokens, m["BLOCK_M"]), batch * heads)  # noqa: E731
+        grid = lambda m: (triton.cdiv(tokens, m["BLOCK_M"]) * batch * heads,)  # noqa: E731
         _tuned(_dot_kind(meta["DOT_PREC"]), dp, backward=False)[grid](*args, **meta)
     else:
         bm, bn = blocks or (_interp_block(tokens),) * 2
-        _attn_fwd_kernel[(triton.cdiv(tokens, bm), batch * heads)](*args, BLOCK_M=bm, BLOCK_N=bn, **meta)
+        _attn_fwd_kernel[(triton.cdiv(tokens, bm) * batch * heads,)](*args, BLOCK_M=bm, BLOCK_N=bn, **meta)
     if return_cls_score:
         score = torch.empty((batch, tokens - 1), device=q.device, dtype=torch.float32)
         if tokens > 1:
             block = min(1024, _bucket(tokens - 1))
-            _cls_score_kernel[(triton.cdiv(tokens - 1, block), batch)](s0, lse, score, tokens, heads, BLOCK=block)
+            _cls_score_kernel[(batch, triton.cdiv(tokens - 1, block))](s0, lse, score, tokens, heads, BLOCK=block)
     else:
         score = torch.empty((batch, 0), device=q.device, dtype=torch.float32)
     if dp != dim:
@@ -395,18 +401,18 @@ def attention_bwd(grad_out, grad_score, q, k, v, out, lse, scale: float, has_sco
     qk_scale = scale * 1.4426950408889634
     delta = torch.empty_like(lse)  # [B, H, N]
     bm = max(16, 4096 // dp) if not _INTERPRET else _interp_block(tokens)  # [BLOCK_M, D] fp32 tiles of o, do
-    _bwd_delta_kernel[(triton.cdiv(tokens, bm), batch * heads)](
+    _bwd_delta_kernel[(triton.cdiv(tokens, bm) * batch * heads,)](
         out, grad_out, q, k, lse, gs, delta, tokens, heads, qk_scale,
         HEAD_DIM=dp, BLOCK_M=bm, BLOCK_N=max(16, 2048 // dp) if not _INTERPRET else bm, HAS_GS=has_score_grad)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     args = (q, k, v, grad_out, dq, dk, dv, lse, delta, gs, tokens, _bucket(tokens), heads, scale, qk_scale)
     meta = dict(HEAD_DIM=dp, HAS_GS=has_score_grad, DOT_PREC=_dot_precision(q.dtype))
     if blocks is None and not _INTERPRET:
-        grid = lambda m: (triton.cdiv(tokens, m["BLOCK_BIG"]), batch * heads)  # noqa: E731
+        grid = lambda m: (triton.cdiv(tokens, m["BLOCK_BIG"]) * batch * heads,)  # noqa: E731
         _tuned(_dot_kind(meta["DOT_PREC"]), dp, backward=True)[grid](*args, **meta)
     else:
         small, big = blocks or (_interp_block(tokens),) * 2
-        _attn_bwd_kernel[(triton.cdiv(tokens, big), batch * heads)](*args, BLOCK_SMALL=small, BLOCK_BIG=big, **meta)
+        _attn_bwd_kernel[(triton.cdiv(tokens, big) * batch * heads,)](*args, BLOCK_SMALL=small, BLOCK_BIG=big, **meta)
     if dp != dim:
         dq, dk, dv = (t[..., :dim].contiguous() for t in (dq, dk, dv))
     return dq, dk, dv

@@ -204,15 +204,24 @@ void topk(const at::Tensor& score, int64_t k, at::Tensor& idx, const at::Tensor&
   pow2 = std::max(pow2, 2);
   const int threads = std::max(128, std::min(1024, pow2 / 2));
   const size_t shmem = sizeof(unsigned long long) * pow2;
-  const int unit = x.defined() ? copy_unit(x.size(2) * x.element_size(), x.const_data_ptr(), out.const_data_ptr()) : 1;
+  const int unit =
+      x.defined() ? copy_unit(x.size(2) * x.element_size(), x.const_data_ptr(), out.const_data_ptr()) : 1;
   // fp32/fp16/bf16 only (exact in float); fp64 scores take the at::sort path in ops_cuda.cpp.
-  AT_DISPATCH_SWITCH(score.scalar_type(), "ext_topk_cuda",
-      AT_DISPATCH_CASE(at::kFloat, [&] { launch_topk<scalar_t>(score, k, pow2, threads, shmem, idx, x, out, unit); })
-      AT_DISPATCH_CASE(at::kHalf, [&] { launch_topk<scalar_t>(score, k, pow2, threads, shmem, idx, x, out, unit); })
-      AT_DISPATCH_CASE(at::kBFloat16, [&] { launch_topk<scalar_t>(score, k, pow2, threads, shmem, idx, x, out, unit); }));
+  auto launch = [&](auto tag) {
+    using scalar_t = decltype(tag);
+    launch_topk<scalar_t>(score, k, pow2, threads, shmem, idx, x, out, unit);
+  };
+  switch (score.scalar_type()) {
+    case at::kFloat: launch(float{}); break;
+    case at::kHalf: launch(at::Half{}); break;
+    case at::kBFloat16: launch(at::BFloat16{}); break;
+    default: TORCH_CHECK(false, "ext_topk_cuda: score dtype must be fp32/fp16/bf16, got ", score.scalar_type());
+  }
 }
 
-void gather(const at::Tensor& x, const at::Tensor& idx, at::Tensor& out) { launch_rows(false, x, idx, out, x.size(1)); }
+void gather(const at::Tensor& x, const at::Tensor& idx, at::Tensor& out) {
+  launch_rows(false, x, idx, out, x.size(1));
+}
 
 void scatter(const at::Tensor& grad, const at::Tensor& idx, at::Tensor& out) {
   launch_rows(true, grad, idx, out, out.size(1));

@@ -16,7 +16,8 @@ void topk(const at::Tensor& score, int64_t k, at::Tensor& idx, const at::Tensor&
 void gather(const at::Tensor& x, const at::Tensor& idx, at::Tensor& out);
 // out [B, N, C] (zeroed by the caller): out[:, 0] = grad[:, 0], out[b, 1 + idx[b, i]] = grad[b, 1 + i].
 void scatter(const at::Tensor& grad, const at::Tensor& idx, at::Tensor& out);
-// score [B, N-1] (fp32; fp64 for fp64) = mean_h exp(scale * q[b,h,0] . k[b,h,j] - lse0[b,h]), lse0 [B, H] fp32 (fp64 for fp64).
+// score [B, N-1] = mean_h exp(scale * q[b,h,0] . k[b,h,j] - lse0[b,h]); score and lse0 [B, H] are fp32
+// (fp64 for fp64 inputs).
 void cls_score(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lse0, double scale, at::Tensor& score);
 
 }  // namespace cuda

@@ -19,8 +19,11 @@ $(STAMP): setup.py $(wildcard csrc/*)
 install: $(STAMP)
 
 # Main tests, then the Triton kernels under the CPU interpreter (a separate process: TRITON_INTERPRET must be
-# set before triton is imported). pytest's exit code 5 (no test ran) fails the target like any other failure.
+# set before triton is imported); on a machine with a GPU also the compiled Triton kernels on the GPU.
+# pytest's exit code 5 (no test ran) fails the target like any other failure.
 test: $(STAMP)
+	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PY) -m pytest -q tests/kernels/triton; fi
 	$(PY) -m pytest -q tests --ignore=tests/kernels/triton
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/kernels/triton
 

@@ -209,6 +209,7 @@ def main():
     for threads in args.threads:
         torch.set_num_threads(threads)
         extra = harness.conditions(CPU)  # records threads, torch version, the command
+        extra["loadavg_1min"] = round(os.getloadavg()[0], 2)  # other processes on the machine at the start
         if "prune" in args.sections:
             op_rows += bench_prune(args.rounds, args.warmup, extra)
         if "attention" in args.sections:
@@ -221,7 +222,7 @@ def main():
                 print(f"[{threads} thr] {row['case']:<52} {row['impl']:<30} median {row['median_ms']:9.2f} ms  "
                       f"min {row['min_ms']:9.2f} ms  " + "  ".join(f"{k} {row[k]:.2f}" for k in keys if k in row))
     columns = ["section", "case", "impl", "dtype", "batch", "threads", "median_ms", "min_ms", "max_ms", "rounds"]
-    meta = ["machine", "device", "torch", "triton", "command"]
+    meta = ["loadavg_1min", "machine", "device", "torch", "triton", "command"]
     if op_rows:
         paths = harness.write_rows(op_rows, folder, "ext_cpu",
                                    columns + ["ext_speedup_median", "ext_speedup_min"] + meta)

@@ -1,7 +1,7 @@
 // CPU attention with the CLS score: ATen's flash attention for CPU (out and logsumexp) plus an O(B*H*N*D)
 // pass over the CLS query row for the score, and the matching backward.
 //
-// score[b, j-1] = mean_h exp(scale * q[b,h,0] . k[b,h,j] - lse[b,h,0])   for j = 1..N-1
+// score[b, j-1] = mean_h softmax_j(scale * q[b,h,0] . k[b,h,j])   for j = 1..N-1
 // Its gradient is linear in the upstream grads, so it is added to the flash backward: for the CLS query row,
 // with P0 = softmax row 0 and g = [0, grad_score / H] over the keys, dS0 = P0 * (g - sum(P0 * g)), then
 // dq[:, :, 0] += scale * dS0 @ k and dk += scale * dS0^T q0.
@@ -9,9 +9,12 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/util/bit_cast.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -28,29 +31,65 @@ namespace {
 #define SUPERVIT_CLONES
 #endif
 
-// out[j] = a . b[j * dim : (j + 1) * dim] for j in [0, rows): the (scaled) CLS query against every key row.
-SUPERVIT_CLONES void row_dots_f32(const float* a, const float* b, int64_t rows, int64_t dim, float* out) {
+// exp(x) with a degree-7 polynomial of 2^f (relative error ~1e-8 before rounding, i.e. within an fp32 ulp), written
+// without calls so that the loops below vectorize; 0 below -87 (a probability under 1e-38), NaN stays NaN.
+inline float exp_f32(float x) {
+  const float xc = std::min(std::max(x, -87.0f), 88.0f);
+  const float t = xc * 1.44269504088896341f;  // x log2(e) = n + f, |f| <= 1/2
+  const float n = std::floor(t + 0.5f);
+  const float f = (t - n) * 0.693147180559945309f;  // e^x = 2^n e^(f ln 2)
+  float p = 1.0f / 5040.0f;
+  p = p * f + 1.0f / 720.0f;
+  p = p * f + 1.0f / 120.0f;
+  p = p * f + 1.0f / 24.0f;
+  p = p * f + 1.0f / 6.0f;
+  p = p * f + 0.5f;
+  p = p * f + 1.0f;
+  p = p * f + 1.0f;
+  const float r = p * c10::bit_cast<float>(static_cast<int32_t>(n + 127.0f) << 23);
+  return x != x ? x : (x < -87.0f ? 0.0f : r);
+}
+
+// out[j] = softmax_j(a . b[j * dim : (j + 1) * dim]) over j in [0, rows): with a = scale * q[b, h, 0] and the key
+// rows b = k[b, h], the CLS query's attention probabilities. The row is normalized by itself rather than by the
+// flash kernel's lse, so that the probabilities agree with the logits they come from even when |logits| is large.
+SUPERVIT_CLONES void row_softmax_f32(const float* a, const float* b, int64_t rows, int64_t dim, float* out) {
+  float row_max = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < rows; ++j) {
     const float* bj = b + j * dim;
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
     for (int64_t d = 0; d < dim; ++d) s += a[d] * bj[d];
     out[j] = s;
+    row_max = std::max(row_max, s);
   }
+  float total = 0.f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < rows; ++j) {
+    out[j] = exp_f32(out[j] - row_max);
+    total += out[j];
+  }
+  const float inv = 1.0f / total;
+#pragma omp simd
+  for (int64_t j = 0; j < rows; ++j) out[j] *= inv;
 }
 
 template <typename scalar_t, typename acc_t>
-void row_dots(const acc_t* a, const scalar_t* b, int64_t rows, int64_t dim, acc_t* out) {
+void row_softmax(const acc_t* a, const scalar_t* b, int64_t rows, int64_t dim, acc_t* out) {
   if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
-    row_dots_f32(a, b, rows, dim, out);
+    row_softmax_f32(a, b, rows, dim, out);
   } else {
+    acc_t row_max = -std::numeric_limits<acc_t>::infinity(), total = 0;
     for (int64_t j = 0; j < rows; ++j) {
       const scalar_t* bj = b + j * dim;
       acc_t s = 0;
 #pragma omp simd reduction(+ : s)
       for (int64_t d = 0; d < dim; ++d) s += a[d] * static_cast<acc_t>(bj[d]);
       out[j] = s;
+      row_max = std::max(row_max, s);
     }
+    for (int64_t j = 0; j < rows; ++j) total += (out[j] = std::exp(out[j] - row_max));
+    for (int64_t j = 0; j < rows; ++j) out[j] /= total;
   }
 }
 
@@ -61,31 +100,28 @@ std::tuple<Tensor, Tensor> flash_forward(const Tensor& q, const Tensor& k, const
   return at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, false, std::nullopt, scale);
 }
 
-// score [B, N-1] (fp32; fp64 for fp64) from contiguous q, k [B, H, N, D] and lse [B, H, N] (any strides).
-Tensor cls_score_cpu(const Tensor& q, const Tensor& k, const Tensor& lse, double scale) {
+// score [B, N-1] (fp32; fp64 for fp64) from contiguous q, k [B, H, N, D]; parallel over the batch.
+Tensor cls_score_cpu(const Tensor& q, const Tensor& k, double scale) {
   const int64_t batch = q.size(0), heads = q.size(1), tokens = q.size(2), dim = q.size(3);
   Tensor score = at::empty({batch, tokens - 1}, q.options().dtype(acc_dtype(q)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ext_cls_score_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Tensor lse0 = lse.select(2, 0).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();  // [B, H]
     const scalar_t* qp = q.const_data_ptr<scalar_t>();
     const scalar_t* kp = k.const_data_ptr<scalar_t>();
-    const acc_t* lp = lse0.const_data_ptr<acc_t>();
     acc_t* sp = score.data_ptr<acc_t>();
     const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, heads * tokens * dim));
     at::parallel_for(0, batch, grain, [&](int64_t b0, int64_t b1) {
-      std::vector<acc_t> q0(dim), acc(tokens - 1), logit(tokens - 1);
+      std::vector<acc_t> q0(dim), acc(tokens), prob(tokens);
       for (int64_t b = b0; b < b1; ++b) {
         std::fill(acc.begin(), acc.end(), acc_t(0));
         for (int64_t h = 0; h < heads; ++h) {
           const int64_t bh = b * heads + h;
           const scalar_t* qrow = qp + bh * tokens * dim;  // q[b, h, 0]
           for (int64_t d = 0; d < dim; ++d) q0[d] = static_cast<acc_t>(qrow[d]) * static_cast<acc_t>(scale);
-          const acc_t lse_cls = lp[bh];
-          row_dots(q0.data(), kp + bh * tokens * dim + dim, tokens - 1, dim, logit.data());  // keys 1..N-1
-          for (int64_t j = 0; j < tokens - 1; ++j) acc[j] += std::exp(logit[j] - lse_cls);
+          row_softmax(q0.data(), kp + bh * tokens * dim, tokens, dim, prob.data());  // [N] over all keys
+          for (int64_t j = 1; j < tokens; ++j) acc[j] += prob[j];
         }
-        for (int64_t j = 0; j < tokens - 1; ++j) sp[b * (tokens - 1) + j] = acc[j] / heads;
+        for (int64_t j = 1; j < tokens; ++j) sp[b * (tokens - 1) + j - 1] = acc[j] / heads;
       }
     });
   });
@@ -93,17 +129,15 @@ Tensor cls_score_cpu(const Tensor& q, const Tensor& k, const Tensor& lse, double
 }
 
 // dq[:, :, 0] and dk (contiguous, input dtype) += the CLS-score gradient terms; parallel over (b, h).
-void add_score_grad_cpu(const Tensor& grad_score, const Tensor& q, const Tensor& k, const Tensor& lse,
-                        double scale, Tensor& dq, Tensor& dk) {
+void add_score_grad_cpu(const Tensor& grad_score, const Tensor& q, const Tensor& k, double scale, Tensor& dq,
+                        Tensor& dk) {
   const int64_t batch = q.size(0), heads = q.size(1), tokens = q.size(2), dim = q.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ext_score_grad_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
-    const Tensor lse0 = lse.select(2, 0).to(acc_dtype).contiguous();   // [B, H]
     const Tensor gs = grad_score.to(acc_dtype).contiguous();           // [B, N-1]
     const scalar_t* qp = q.const_data_ptr<scalar_t>();
     const scalar_t* kp = k.const_data_ptr<scalar_t>();
-    const acc_t* lp = lse0.const_data_ptr<acc_t>();
     const acc_t* gp = gs.const_data_ptr<acc_t>();
     scalar_t* dqp = dq.data_ptr<scalar_t>();
     scalar_t* dkp = dk.data_ptr<scalar_t>();
@@ -119,11 +153,8 @@ void add_score_grad_cpu(const Tensor& grad_score, const Tensor& q, const Tensor&
           q0s[d] = q0[d] * sc;
         }
         acc_t row_dot = 0;
-        row_dots(q0s.data(), kb, tokens, dim, p.data());
-        for (int64_t j = 0; j < tokens; ++j) {
-          p[j] = std::exp(p[j] - lp[bh]);
-          if (j > 0) row_dot += p[j] * gp[b * (tokens - 1) + j - 1];
-        }
+        row_softmax(q0s.data(), kb, tokens, dim, p.data());  // P0[j], all keys
+        for (int64_t j = 1; j < tokens; ++j) row_dot += p[j] * gp[b * (tokens - 1) + j - 1];
         row_dot /= heads;
         std::fill(dq0.begin(), dq0.end(), acc_t(0));
         for (int64_t j = 0; j < tokens; ++j) {
@@ -151,7 +182,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_cpu(
   Tensor score;
   if (return_cls_score) {
     TORCH_CHECK(q.size(2) >= 2, "return_cls_score needs N >= 2 tokens, got ", q.size(2));
-    score = cls_score_cpu(q, k, lse, scale);
+    score = cls_score_cpu(q, k, scale);
   } else {
     score = at::empty({q.size(0), 0}, q.options().dtype(acc_dtype(q)));
   }
@@ -172,7 +203,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_cpu(
   if (has_score_grad) {
     TORCH_CHECK(grad_score.dim() == 2 && grad_score.size(0) == q.size(0) && grad_score.size(1) == q.size(2) - 1,
                 "grad_score must be [B, N-1] = [", q.size(0), ", ", q.size(2) - 1, "], got ", grad_score.sizes());
-    add_score_grad_cpu(grad_score, q, k, lse_used, scale, dq, dk);
+    add_score_grad_cpu(grad_score, q, k, scale, dq, dk);
   }
   return {dq, dk, dv};
 }

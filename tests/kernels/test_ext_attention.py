@@ -51,9 +51,9 @@ def assert_within_rule(name, got, lowp, want, dtype):
     assert e_k <= 2 * e_r + floor, f"{name}: kernel error {e_k:.3g} > 2 x reference error {e_r:.3g} + {floor:.3g}"
 
 
-def run(forward, backward, batch, heads, tokens, dim, dtype, grads="both", seed=0):
+def run(forward, backward, batch, heads, tokens, dim, dtype, grads="both", seed=0, magnitude=1.0):
     g = torch.Generator().manual_seed(seed)
-    q, k, v, go = (torch.randn(batch, heads, tokens, dim, generator=g).to(dtype) for _ in range(4))
+    q, k, v, go = (torch.randn(batch, heads, tokens, dim, generator=g).mul(magnitude).to(dtype) for _ in range(4))
     gs = torch.randn(batch, tokens - 1, generator=g)
     go = go if grads in ("both", "out") else None
     gs = gs if grads in ("both", "score") else None
@@ -87,6 +87,11 @@ def test_attention_one_upstream_gradient_at_a_time(dtype, grads):
 @pytest.mark.parametrize("dim", [8, 20, 64])
 def test_attention_odd_head_dims(dim):
     run(ext.attention_forward, ext.attention_backward, 2, 2, 27, dim, torch.float32)
+
+
+def test_attention_large_logits():
+    """Logits in the hundreds: the score must agree with its own softmax, not just with the flash lse."""
+    run(ext.attention_forward, ext.attention_backward, 2, 3, 50, 16, torch.float32, magnitude=6.0)
 
 
 def test_attention_fp64_is_exact():

@@ -50,13 +50,14 @@ inline float exp_f32(float x) {
   return x != x ? x : (x < -87.0f ? 0.0f : r);
 }
 
-// out[j] = softmax_j(a . b[j * dim : (j + 1) * dim]) over j in [0, rows): with a = scale * q[b, h, 0] and the key
+// out[j] = softmax_j(a . b[j * stride : j * stride + dim]) over j in [0, rows): with a = scale * q[b, h, 0] and the key
 // rows b = k[b, h], the CLS query's attention probabilities. The row is normalized by itself rather than by the
 // flash kernel's lse, so that the probabilities agree with the logits they come from even when |logits| is large.
-SUPERVIT_CLONES void row_softmax_f32(const float* a, const float* b, int64_t rows, int64_t dim, float* out) {
+SUPERVIT_CLONES void row_softmax_f32(const float* a, const float* b, int64_t rows, int64_t dim, int64_t stride,
+                                     float* out) {
   float row_max = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < rows; ++j) {
-    const float* bj = b + j * dim;
+    const float* bj = b + j * stride;
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
     for (int64_t d = 0; d < dim; ++d) s += a[d] * bj[d];
@@ -75,13 +76,13 @@ SUPERVIT_CLONES void row_softmax_f32(const float* a, const float* b, int64_t row
 }
 
 template <typename scalar_t, typename acc_t>
-void row_softmax(const acc_t* a, const scalar_t* b, int64_t rows, int64_t dim, acc_t* out) {
+void row_softmax(const acc_t* a, const scalar_t* b, int64_t rows, int64_t dim, int64_t stride, acc_t* out) {
   if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
-    row_softmax_f32(a, b, rows, dim, out);
+    row_softmax_f32(a, b, rows, dim, stride, out);
   } else {
     acc_t row_max = -std::numeric_limits<acc_t>::infinity(), total = 0;
     for (int64_t j = 0; j < rows; ++j) {
-      const scalar_t* bj = b + j * dim;
+      const scalar_t* bj = b + j * stride;
       acc_t s = 0;
 #pragma omp simd reduction(+ : s)
       for (int64_t d = 0; d < dim; ++d) s += a[d] * static_cast<acc_t>(bj[d]);
@@ -96,11 +97,16 @@ void row_softmax(const acc_t* a, const scalar_t* b, int64_t rows, int64_t dim, a
 // Accumulation dtype of the score and lse: float32, float64 for float64 inputs (reference.compute_dtype).
 at::ScalarType acc_dtype(const Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
+// q, k, v may be strided views (e.g. of a fused qkv projection): the flash kernel and the score loops read them
+// through their strides, so only a non-unit last-dim stride costs a copy.
+Tensor unit_last_stride(const Tensor& t) { return t.stride(-1) == 1 || t.size(-1) == 1 ? t : t.contiguous(); }
+
 std::tuple<Tensor, Tensor> flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
   return at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, false, std::nullopt, scale);
 }
 
-// score [B, N-1] (fp32; fp64 for fp64) from contiguous q, k [B, H, N, D]; parallel over the batch.
+// score [B, N-1] (fp32; fp64 for fp64) from q, k [B, H, N, D] (any strides, unit last-dim stride); parallel
+// over the batch.
 Tensor cls_score_cpu(const Tensor& q, const Tensor& k, double scale) {
   const int64_t batch = q.size(0), heads = q.size(1), tokens = q.size(2), dim = q.size(3);
   Tensor score = at::empty({batch, tokens - 1}, q.options().dtype(acc_dtype(q)));
@@ -108,6 +114,7 @@ Tensor cls_score_cpu(const Tensor& q, const Tensor& k, double scale) {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* qp = q.const_data_ptr<scalar_t>();
     const scalar_t* kp = k.const_data_ptr<scalar_t>();
+    const int64_t qb = q.stride(0), qh = q.stride(1), kb = k.stride(0), kh = k.stride(1), kn = k.stride(2);
     acc_t* sp = score.data_ptr<acc_t>();
     const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, heads * tokens * dim));
     at::parallel_for(0, batch, grain, [&](int64_t b0, int64_t b1) {
@@ -115,10 +122,9 @@ Tensor cls_score_cpu(const Tensor& q, const Tensor& k, double scale) {
       for (int64_t b = b0; b < b1; ++b) {
         std::fill(acc.begin(), acc.end(), acc_t(0));
         for (int64_t h = 0; h < heads; ++h) {
-          const int64_t bh = b * heads + h;
-          const scalar_t* qrow = qp + bh * tokens * dim;  // q[b, h, 0]
+          const scalar_t* qrow = qp + b * qb + h * qh;  // q[b, h, 0]
           for (int64_t d = 0; d < dim; ++d) q0[d] = static_cast<acc_t>(qrow[d]) * static_cast<acc_t>(scale);
-          row_softmax(q0.data(), kp + bh * tokens * dim, tokens, dim, prob.data());  // [N] over all keys
+          row_softmax(q0.data(), kp + b * kb + h * kh, tokens, dim, kn, prob.data());  // [N] over all keys
           for (int64_t j = 1; j < tokens; ++j) acc[j] += prob[j];
         }
         for (int64_t j = 1; j < tokens; ++j) sp[b * (tokens - 1) + j - 1] = acc[j] / heads;
@@ -128,7 +134,8 @@ Tensor cls_score_cpu(const Tensor& q, const Tensor& k, double scale) {
   return score;
 }
 
-// dq[:, :, 0] and dk (contiguous, input dtype) += the CLS-score gradient terms; parallel over (b, h).
+// dq[:, :, 0] and dk (contiguous, input dtype) += the CLS-score gradient terms, from q, k of any strides with a
+// unit last-dim stride; parallel over (b, h).
 void add_score_grad_cpu(const Tensor& grad_score, const Tensor& q, const Tensor& k, double scale, Tensor& dq,
                         Tensor& dk) {
   const int64_t batch = q.size(0), heads = q.size(1), tokens = q.size(2), dim = q.size(3);
@@ -138,6 +145,7 @@ void add_score_grad_cpu(const Tensor& grad_score, const Tensor& q, const Tensor&
     const Tensor gs = grad_score.to(acc_dtype).contiguous();           // [B, N-1]
     const scalar_t* qp = q.const_data_ptr<scalar_t>();
     const scalar_t* kp = k.const_data_ptr<scalar_t>();
+    const int64_t qb = q.stride(0), qh = q.stride(1), kb_ = k.stride(0), kh = k.stride(1), kn = k.stride(2);
     const acc_t* gp = gs.const_data_ptr<acc_t>();
     scalar_t* dqp = dq.data_ptr<scalar_t>();
     scalar_t* dkp = dk.data_ptr<scalar_t>();
@@ -146,21 +154,21 @@ void add_score_grad_cpu(const Tensor& grad_score, const Tensor& q, const Tensor&
     at::parallel_for(0, batch * heads, grain, [&](int64_t i0, int64_t i1) {
       std::vector<acc_t> q0(dim), q0s(dim), p(tokens), dq0(dim);
       for (int64_t bh = i0; bh < i1; ++bh) {
-        const int64_t b = bh / heads;
-        const scalar_t* kb = kp + bh * tokens * dim;
+        const int64_t b = bh / heads, h = bh % heads;
+        const scalar_t* kb = kp + b * kb_ + h * kh;  // k[b, h]
         for (int64_t d = 0; d < dim; ++d) {
-          q0[d] = static_cast<acc_t>(qp[bh * tokens * dim + d]);
+          q0[d] = static_cast<acc_t>(qp[b * qb + h * qh + d]);
           q0s[d] = q0[d] * sc;
         }
         acc_t row_dot = 0;
-        row_softmax(q0s.data(), kb, tokens, dim, p.data());  // P0[j], all keys
+        row_softmax(q0s.data(), kb, tokens, dim, kn, p.data());  // P0[j], all keys
         for (int64_t j = 1; j < tokens; ++j) row_dot += p[j] * gp[b * (tokens - 1) + j - 1];
         row_dot /= heads;
         std::fill(dq0.begin(), dq0.end(), acc_t(0));
         for (int64_t j = 0; j < tokens; ++j) {
           const acc_t g = j > 0 ? gp[b * (tokens - 1) + j - 1] / heads : acc_t(0);
           const acc_t ds = p[j] * (g - row_dot) * sc;  // scale * dS0[j]
-          const scalar_t* krow = kb + j * dim;
+          const scalar_t* krow = kb + j * kn;
           scalar_t* dkrow = dkp + bh * tokens * dim + j * dim;
           for (int64_t d = 0; d < dim; ++d) {
             dq0[d] += ds * static_cast<acc_t>(krow[d]);
@@ -177,7 +185,7 @@ void add_score_grad_cpu(const Tensor& grad_score, const Tensor& q, const Tensor&
 std::tuple<Tensor, Tensor, Tensor> attention_forward_cpu(
     const Tensor& q_, const Tensor& k_, const Tensor& v_, double scale, bool return_cls_score) {
   check_qkv(q_, k_, v_);
-  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  const Tensor q = unit_last_stride(q_), k = unit_last_stride(k_), v = unit_last_stride(v_);
   auto [out, lse] = flash_forward(q, k, v, scale);  // out [B, H, N, D], lse [B, H, N] in the acc dtype
   Tensor score;
   if (return_cls_score) {
@@ -193,7 +201,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_cpu(
     const Tensor& grad_out, const Tensor& grad_score, const Tensor& q_, const Tensor& k_, const Tensor& v_,
     const Tensor& out, const Tensor& lse, double scale, bool has_score_grad) {
   check_qkv(q_, k_, v_);
-  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  const Tensor q = unit_last_stride(q_), k = unit_last_stride(k_), v = unit_last_stride(v_);
   const Tensor lse_used = lse.to(acc_dtype(q));  // what the flash backward takes (a no-op for our own lse)
   auto [dq, dk, dv] = at::_scaled_dot_product_flash_attention_for_cpu_backward(
       grad_out.contiguous(), q, k, v, out, lse_used, 0.0, false, std::nullopt, scale);

@@ -17,6 +17,9 @@ import torch
 from .reference import compute_dtype
 
 NAME = "ext"
+# q, k, v may arrive as strided views (unit last-dim stride): the CPU flash kernel and the score loops read them
+# through their strides (ops.py then skips the three copies); the CUDA path copies what its kernels need.
+STRIDED_QKV = True
 
 try:
     from supervit import _C  # noqa: F401 - loading the library registers torch.ops.supervit.ext_*

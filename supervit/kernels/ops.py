@@ -20,7 +20,18 @@ from .reference import compute_dtype, keep_count
 @torch.library.custom_op("supervit::attention", mutates_args=())
 def _attention(q: Tensor, k: Tensor, v: Tensor, scale: float, return_cls_score: bool) -> tuple[Tensor, Tensor, Tensor]:
     backend = select_backend(q.device)
-    return backend.attention_forward(q.contiguous(), k.contiguous(), v.contiguous(), scale, return_cls_score)
+    prep = _qkv_prep(backend)
+    return backend.attention_forward(prep(q), prep(k), prep(v), scale, return_cls_score)
+
+
+def _qkv_prep(backend):
+    """How q, k, v reach ``backend``: contiguous, or as they are for a backend that reads them through their
+    strides (``STRIDED_QKV = True``; the fused qkv projection's views then cost no copy)."""
+    return _as_is if getattr(backend, "STRIDED_QKV", False) else Tensor.contiguous
+
+
+def _as_is(t: Tensor) -> Tensor:
+    return t
 
 
 @_attention.register_fake
@@ -40,8 +51,9 @@ def _attention_backward(
     scale: float, has_score_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     backend = select_backend(q.device)
+    prep = _qkv_prep(backend)
     return backend.attention_backward(
-        grad_out.contiguous(), grad_score.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
+        grad_out.contiguous(), grad_score.contiguous(), prep(q), prep(k), prep(v),
         out.contiguous(), lse.contiguous(), scale, has_score_grad,
     )
 

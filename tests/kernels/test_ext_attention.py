@@ -94,6 +94,26 @@ def test_attention_large_logits():
     run(ext.attention_forward, ext.attention_backward, 2, 3, 50, 16, torch.float32, magnitude=6.0)
 
 
+def test_strided_qkv_views_match_contiguous():
+    """q, k, v as views of a fused qkv projection (how the models call it): read through strides, same values."""
+    batch, tokens, heads, dim = 3, 65, 4, 16
+    g = torch.Generator().manual_seed(2)
+    qkv = torch.randn(batch, tokens, 3, heads, dim, generator=g).permute(2, 0, 3, 1, 4)  # [3, B, H, N, D] views
+    q, k, v = qkv.unbind(0)
+    assert not q.is_contiguous()
+    go, gs = torch.randn(batch, heads, tokens, dim, generator=g), torch.randn(batch, tokens - 1, generator=g)
+    got = ext.attention_forward(q, k, v, 0.25, True)
+    want = ext.attention_forward(q.contiguous(), k.contiguous(), v.contiguous(), 0.25, True)
+    assert all(a.is_contiguous() for a in got)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    grads = ext.attention_backward(go, gs, q, k, v, got[0], got[2], 0.25, True)
+    want_g = ext.attention_backward(go, gs, q.contiguous(), k.contiguous(), v.contiguous(), got[0], got[2], 0.25, True)
+    for a, b in zip(grads, want_g):
+        assert a.is_contiguous()
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_attention_fp64_is_exact():
     g = torch.Generator().manual_seed(1)
     q, k, v, go = (torch.randn(2, 3, 33, 16, generator=g, dtype=torch.float64) for _ in range(4))

@@ -54,8 +54,10 @@ def opcheck_cases():
     score = torch.rand(2, 8)
     idx = reference.keep_topk(score, 5)
     out, s, lse = ext.attention_forward(q.detach(), k.detach(), v.detach(), 0.3, True)
+    qkv = rand(2, 9, 3, 3, 8, dtype=torch.float32, seed=7).permute(2, 0, 3, 1, 4)  # strided views, as in the models
     ops = torch.ops.supervit
     return {
+        "attention_strided": (ops.attention.default, (*qkv.unbind(0), 0.3, True)),
         "attention_score": (ops.attention.default, (q, k, v, 0.3, True)),
         "attention_plain": (ops.attention.default, (q, k, v, 0.3, False)),
         "attention_fp64": (ops.attention.default, (q64, k64, v64, 0.5, True)),

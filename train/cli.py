@@ -36,6 +36,10 @@ def add_common_arguments(parser: argparse.ArgumentParser):
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     group.add_argument("--local_rank", "--local-rank", type=int, default=None,
                        help="accepted for torch.distributed.launch; torchrun's LOCAL_RANK is used when set")
+    group.add_argument("--epochs-this-run", type=int, default=0,
+                       help="stop after this many epochs (schedule unchanged); continue later with --autoresume")
+    group.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    group.add_argument("--dump-rank-weights", action="store_true", help=argparse.SUPPRESS)  # tests: weights/rank
     group.add_argument("--model-kwargs", default=None, help=argparse.SUPPRESS)  # JSON overrides of the model
     group.add_argument("--max-steps-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
 

@@ -4,10 +4,10 @@ Layout: ``ROOT/train/<class>/*.JPEG`` and ``ROOT/val/<class>/*.JPEG``; both spli
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
+from PIL import ImageOps
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets, transforms
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
@@ -50,12 +50,31 @@ def check_same_classes(train_set, val_set):
         raise DataError(f"train/ and val/ must hold the same class folders; they differ in {missing}")
 
 
+def posterize_bits_safe(img, bits_to_keep, **_):
+    """timm's posterize op for Pillow >= 12, which refuses 0 bits (RandAugment's magnitude 10 asks for 0 bits:
+    keep no bit, i.e. a black image, as older Pillow did)."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def fix_rand_augment(transform):
+    """Swap the posterize function of every RandAugment op inside ``transform`` for ``posterize_bits_safe``."""
+    for t in getattr(transform, "transforms", [transform]):
+        for op in getattr(t, "ops", []):
+            if getattr(op, "name", "").startswith("Posterize"):
+                op.aug_fn = posterize_bits_safe
+    return transform
+
+
 def train_transform(args, img_size: int):
     """The DeiT/timm training pipeline: RandomResizedCrop, hflip, RandAugment, colour jitter, RandomErasing."""
-    return create_transform(
+    return fix_rand_augment(create_transform(
         input_size=img_size, is_training=True, color_jitter=args.color_jitter,
         auto_augment=args.aa if args.aa and args.aa.lower() != "none" else None,
-        interpolation=args.train_interpolation, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
+        interpolation=args.train_interpolation, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount))
 
 
 def eval_transform(img_size: int, crop_pct: float):
@@ -109,7 +128,3 @@ def eval_sampler(dataset: Dataset, info: DistInfo, dist_eval: bool) -> Sampler:
     if dist_eval and info.distributed:
         return ShardSampler(len(dataset), info.rank, info.world_size)
     return ShardSampler(len(dataset), 0, 1)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

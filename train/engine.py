@@ -13,7 +13,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -116,6 +116,16 @@ class NonFiniteLossError(RuntimeError):
     """The loss stayed NaN/inf for too many consecutive steps."""
 
 
+def zero_grads(module: nn.Module, optimizer: torch.optim.Optimizer):
+    """Zero every gradient, allocating the missing ones: each parameter always has a (possibly zero) gradient, as
+    the reference's ``zero_grad()`` left them, so a parameter unused in a step (e.g. the position tables of sizes
+    not drawn) still takes its AdamW momentum and decay update, whatever happened before a resume."""
+    optimizer.zero_grad(set_to_none=False)
+    for param in module.parameters():
+        if param.requires_grad and param.grad is None:
+            param.grad = torch.zeros_like(param)
+
+
 def _sync_context(ctx: StepContext, index: int):
     """no_sync for the first three backward passes under DDP: one gradient all-reduce per step."""
     if ctx.info.distributed and index < 3 and hasattr(ctx.model, "no_sync"):
@@ -127,7 +137,7 @@ def train_step(ctx: StepContext, images, targets, subnets: list[Subnet], num_upd
     """One optimizer step over the 4 sub-networks; returns {'losses': [4 floats], 'stepped': bool}."""
     images, loss_targets, fwd_kwargs = ctx.task.prepare(images, targets)
     largest = ctx.module.img_sizes[-1]
-    ctx.optimizer.zero_grad(set_to_none=False)
+    zero_grads(ctx.module, ctx.optimizer)
     kept_logits: dict[int, torch.Tensor] = {}
     losses = []
     for i, (size, ratio) in enumerate(subnets):

@@ -48,7 +48,8 @@ class Recipe:
     ckpt_format = "deit"
     model_class: type = SuperDeiT
     eval_crop_pct = 0.875
-    eval_uses_ema = False
+    eval_uses_ema = False          # evaluate the EMA weights during training
+    eval_only_prefers_ema = False  # --eval takes the checkpoint's EMA weights when it has them
 
     def __init__(self, args):
         self.args = args
@@ -127,6 +128,7 @@ class LVViTRecipe(Recipe):
     model_class = SuperLVViT
     eval_crop_pct = 0.9  # Resize(248) -> CenterCrop(224)
     data_arg_name = "data_dir"
+    eval_only_prefers_ema = True  # SPEC 5: LV-ViT is evaluated with the EMA weights
 
     @property
     def eval_uses_ema(self):

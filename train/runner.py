@@ -71,7 +71,7 @@ def run_eval_only(args, recipe, model, info, amp):
         raise ValueError("--eval needs --resume CKPT (a checkpoint to evaluate)")
     ckpt = read_checkpoint(args.resume)
     has_ema = any(isinstance(ckpt.get(k), dict) for k in ("model_ema", "state_dict_ema"))
-    use_ema = recipe.eval_uses_ema and has_ema
+    use_ema = recipe.eval_only_prefers_ema and has_ema
     load_checkpoint(model, args.resume, use_ema=use_ema)
     loader = eval_loader(recipe.eval_set(model), info, args)
     metrics = evaluate(model, loader, model.subnets(), amp, info, reduce=args.dist_eval and info.distributed,
@@ -96,8 +96,13 @@ def run(args, recipe):
 
 
 def _run(args, recipe, info):
-    seed_everything(epoch_seed(args.seed, info.rank, 0))
+    seed_everything(args.seed)  # the same initial weights on every rank (EMA copies included)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = recipe.build_model().to(info.device)
+    if args.input_size and args.input_size != model.img_sizes[-1]:
+        raise ValueError(f"--input-size {args.input_size} must equal the model's largest image size "
+                         f"{model.img_sizes[-1]} (the data pipeline crops to it; the model resizes inside)")
     amp = resolve_amp(args, info.device)
     if args.finetune:
         finetune_from(model, args.finetune, info)
@@ -131,7 +136,6 @@ def _run(args, recipe, info):
     ema = None
     if args.model_ema:
         ema = ModelEmaV3(model, decay=args.model_ema_decay, device="cpu" if args.model_ema_force_cpu else None)
-
     start_epoch, best = args.start_epoch, (None, None)
     resume_path = args.resume or (checkpointing.find_autoresume(args.output_dir, recipe.ckpt_format)
                                   if args.autoresume else None)
@@ -157,7 +161,8 @@ def _run(args, recipe, info):
               f"{updates_per_epoch} steps/epoch, epochs {start_epoch}..{total_epochs - 1}, "
               f"precision {amp.dtype or torch.float32}, lr {lr:.3g}")
     metrics, run_start = {}, time.time()
-    for epoch in range(start_epoch, total_epochs):
+    stop_epoch = min(total_epochs, start_epoch + args.epochs_this_run) if args.epochs_this_run else total_epochs
+    for epoch in range(start_epoch, stop_epoch):
         seed_everything(epoch_seed(args.seed, info.rank, epoch))
         rng = random.Random(epoch_seed(args.seed, info.rank, epoch))
         if hasattr(sampler, "set_epoch"):
@@ -195,6 +200,8 @@ def _run(args, recipe, info):
                     "epoch": epoch, "title": f"{recipe.name} epoch {epoch + 1}", "ema": eval_model is not model,
                     "num_samples": metrics["num_samples"], "train_time_s": time.time() - run_start,
                     "best_" + key: best[0], "world_size": info.world_size})
+    if args.dump_rank_weights and args.output_dir:
+        torch.save(model.state_dict(), os.path.join(args.output_dir, f"weights_rank{info.rank}.pth"))
     return metrics
 
 

@@ -28,7 +28,7 @@ from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from timm.loss import SoftTargetCrossEntropy
 
-from .data import DataError, check_split_dir
+from .data import DataError, check_split_dir, fix_rand_augment
 
 GEOMETRIC_OPS = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"}
 
@@ -62,7 +62,7 @@ class LabelAwareRandAugment:
         hparams = dict(translate_const=int(img_size * 0.45), img_mean=tuple(round(255 * m) for m in IMAGENET_DEFAULT_MEAN))
         if interpolation is not None:
             hparams["interpolation"] = interpolation
-        self.inner = rand_augment_transform(config_str, hparams)
+        self.inner = fix_rand_augment(rand_augment_transform(config_str, hparams))
 
     def __call__(self, img: Image.Image, cells: Image.Image | None):
         inner = self.inner
@@ -166,7 +166,7 @@ class TokenLabelDataset(Dataset):
 
 
 def smooth(probs: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """``probs * (1 - eps + eps/K) + eps/K`` over the last... class dimension ``dim=1`` of [B, K, ...]."""
+    """``probs * (1 - eps + eps/K) + eps/K`` with K = ``probs.shape[1]`` (the class dimension of [B, K, ...])."""
     off = smoothing / probs.shape[1]
     return probs * (1.0 - smoothing + off) + off
 

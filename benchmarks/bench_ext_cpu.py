@@ -20,7 +20,6 @@ Results: benchmarks/results/<cpu>/ext_cpu.{csv,md} and ext_models.{csv,md}.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -38,18 +37,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CPU = torch.device("cpu")
 
 
-@contextlib.contextmanager
-def backend(name: str | None):
-    """SUPERVIT_BACKEND=name inside the block (None: the dispatcher's own choice)."""
-    old = os.environ.pop("SUPERVIT_BACKEND", None)
-    if name:
-        os.environ["SUPERVIT_BACKEND"] = name
-    try:
-        yield
-    finally:
-        os.environ.pop("SUPERVIT_BACKEND", None)
-        if old is not None:
-            os.environ["SUPERVIT_BACKEND"] = old
+backend = harness.forced_backend
 
 
 def interleaved(candidates: dict, rounds: int, warmup: int) -> dict:

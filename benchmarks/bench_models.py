@@ -33,20 +33,6 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
-@contextlib.contextmanager
-def forced_backend(name: str):
-    """Run with SUPERVIT_BACKEND=name ('auto' leaves the choice to the dispatcher)."""
-    old = os.environ.get("SUPERVIT_BACKEND")
-    if name != "auto":
-        os.environ["SUPERVIT_BACKEND"] = name
-    try:
-        yield
-    finally:
-        os.environ.pop("SUPERVIT_BACKEND", None)
-        if old is not None:
-            os.environ["SUPERVIT_BACKEND"] = old
-
-
 def eval_fn(model, x, size, ratio, mode, device, dtype):
     """A no-grad callable running sub-network (size, ratio), eager or compiled."""
     def run(t):
@@ -81,7 +67,7 @@ def eval_model(args, device, model_name, backend, mode, dtype_name, batch):
     x = torch.randn(batch, 3, 224, 224, device=device)
     subnets = [(None, None)] if is_timm else [(s, r) for s, r in model.subnets()]
     rows = []
-    with forced_backend("auto" if is_timm else backend):
+    with harness.forced_backend("auto" if is_timm else backend):
         for size, ratio in subnets:
             fn = eval_fn(model, x, size, ratio, mode, device, dtype)
             t = harness.time_call(fn, device, warmup=args.warmup + (2 if mode != "eager" else 0),

@@ -6,6 +6,7 @@ Speed claims are ratios of rows measured in one run on one machine.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import platform
@@ -47,6 +48,20 @@ def conditions(device: torch.device) -> dict:
         "threads": torch.get_num_threads(),
         "command": " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv),
     }
+
+
+@contextlib.contextmanager
+def forced_backend(name: str | None):
+    """SUPERVIT_BACKEND=name inside the block (None or 'auto': the dispatcher's own choice)."""
+    old = os.environ.pop("SUPERVIT_BACKEND", None)
+    if name and name != "auto":
+        os.environ["SUPERVIT_BACKEND"] = name
+    try:
+        yield
+    finally:
+        os.environ.pop("SUPERVIT_BACKEND", None)
+        if old is not None:
+            os.environ["SUPERVIT_BACKEND"] = old
 
 
 def sync(device: torch.device) -> None:

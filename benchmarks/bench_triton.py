@@ -16,7 +16,6 @@ Each case is timed twice: ``do_bench`` (host launch overhead included, as eager 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import sys
@@ -31,17 +30,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUANTILES = [0.5, 0.2, 0.8]
 
 
-@contextlib.contextmanager
-def forced_backend(name: str):
-    old = os.environ.get("SUPERVIT_BACKEND")
-    os.environ["SUPERVIT_BACKEND"] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("SUPERVIT_BACKEND")
-        else:
-            os.environ["SUPERVIT_BACKEND"] = old
+forced_backend = harness.forced_backend
 
 
 def bench(fn) -> dict:

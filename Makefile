@@ -28,7 +28,7 @@ test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/kernels/triton
 
 demo: $(STAMP)
-	$(PY) train/main_deit.py --demo --output runs/demo
+	$(PY) train/main_lvvit.py --demo --output runs/demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_cpu.py

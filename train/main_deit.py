@@ -48,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-lr", type=float, default=1e-6)
     p.add_argument("--min-lr", type=float, default=1e-5)
     p.add_argument("--decay-epochs", type=float, default=30)
-    p.add_argument("--warmup-epochs", type=int, default=5)
+    p.add_argument("--warmup-epochs", type=float, default=5)
     p.add_argument("--cooldown-epochs", type=int, default=10)
     p.add_argument("--patience-epochs", type=int, default=10)
     p.add_argument("--decay-rate", "--dr", type=float, default=0.1)

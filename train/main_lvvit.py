@@ -51,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--start-epoch", dest="start_epoch", type=int, default=0)
     p.add_argument("--decay-epochs", type=float, default=30)
-    p.add_argument("--warmup-epochs", type=int, default=5)
+    p.add_argument("--warmup-epochs", type=float, default=5)
     p.add_argument("--cooldown-epochs", type=int, default=10)
     p.add_argument("--patience-epochs", type=int, default=10)
     p.add_argument("--decay-rate", "--dr", type=float, default=0.1)

@@ -83,7 +83,7 @@ class Recipe:
         """(dataset, collate_fn or None)."""
         args = self.args
         if args.demo:
-            return digits.digits_datasets()[0], digits.RandomAffineCollate()
+            return digits.digits_datasets()[0], digits.RandomAffineCollate() if args.demo_aug else None
         return data_lib.image_folder(args.data_path, "train", data_lib.train_transform(args, model.img_sizes[-1]),
                                      self.data_arg_name), None
 

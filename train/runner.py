@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 
 import torch
@@ -200,6 +201,12 @@ def _run(args, recipe, info):
                     "epoch": epoch, "title": f"{recipe.name} epoch {epoch + 1}", "ema": eval_model is not model,
                     "num_samples": metrics["num_samples"], "train_time_s": time.time() - run_start,
                     "best_" + key: best[0], "world_size": info.world_size})
+    if args.output_dir and info.is_main and stop_epoch > start_epoch:
+        last = os.path.join(args.output_dir, checkpointing.FORMATS[recipe.ckpt_format]["last"])
+        script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "train/main_*.py"
+        log(info, f"done in {time.time() - run_start:.0f}s. Results: {args.output_dir}/results.json, results.csv, "
+                  f"accuracy_vs_gmacs.png, log.jsonl; checkpoint {last}\nre-evaluate with: python {script}"
+                  f"{' --demo' if args.demo else ''} --eval --resume {last}")
     if args.dump_rank_weights and args.output_dir:
         torch.save(model.state_dict(), os.path.join(args.output_dir, f"weights_rank{info.rank}.pth"))
     return metrics

@@ -158,7 +158,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, retur
 
     Args:
         q, k, v: [B, H, N, D] queries, keys, values (one shape, dtype and device).
-        scale: logit scale; defaults to D ** -0.5.
+        scale: logit scale, a finite number > 0; defaults to D ** -0.5.
         return_cls_score: also return score [B, N-1] (fp32; fp64 for fp64 inputs) = mean over heads of the softmax row of the CLS
             query (token 0) at the patch keys 1..N-1. It is differentiable w.r.t. q and k.
 
@@ -175,7 +175,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, retur
     check.check_same_device(q=q, k=k, v=v)
     if return_cls_score and q.shape[2] < 2:
         raise ValueError(f"return_cls_score needs N >= 2 tokens (CLS + patches), got N = {q.shape[2]}")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else check.check_scale(scale)
     out, score, _ = _attention(q, k, v, scale, bool(return_cls_score))
     return (out, score) if return_cls_score else out
 
@@ -188,7 +188,7 @@ def keep_topk(score: Tensor, k: int) -> Tensor:
         k: number kept, in [1, N-1].
     """
     check.check_tensor("score", score, 2, layout="[B, N-1]")
-    check.check_k(k, score.shape[1])
+    k = check.check_k(k, score.shape[1])
     return _keep_topk(score, k)
 
 

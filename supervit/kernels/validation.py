@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -38,10 +39,26 @@ def check_keep_ratio(keep_ratio) -> float:
     return value
 
 
+def check_scale(scale) -> float:
+    """A finite number > 0 (the attention logit scale)."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a finite number > 0 or None (D ** -0.5), got {scale!r}") from None
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"scale must be a finite number > 0 or None (D ** -0.5), got {scale!r}")
+    return value
+
+
 def check_k(k, num_patch_tokens: int) -> int:
-    """An int in [1, N-1] where N-1 is the number of patch tokens."""
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(f"k must be an int in [1, {num_patch_tokens}] (1..N-1), got {k!r}")
+    """An int in [1, N-1] where N-1 is the number of patch tokens (Python or NumPy int; not bool or float)."""
+    bad = ValueError(f"k must be an int in [1, {num_patch_tokens}] (1..N-1), got {k!r}")
+    if isinstance(k, (bool, torch.Tensor)):
+        raise bad
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise bad from None
     if not 1 <= k <= num_patch_tokens:
         raise ValueError(f"k must be in [1, {num_patch_tokens}] (1..N-1), got {k}")
     return k

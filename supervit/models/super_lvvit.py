@@ -24,6 +24,15 @@ def mix_region(x: torch.Tensor, box: Box, spatial_dims: tuple[int, int]) -> torc
     return mixed
 
 
+def check_box(box, grid: int) -> None:
+    """``box`` = (h1, w1, h2, w2) ints with 0 <= h1 <= h2 <= grid and 0 <= w1 <= w2 <= grid."""
+    ok = isinstance(box, (tuple, list)) and len(box) == 4 and all(isinstance(c, int) and not isinstance(c, bool)
+                                                                  for c in box)
+    if not ok or not (0 <= box[0] <= box[2] <= grid and 0 <= box[1] <= box[3] <= grid):
+        raise ValueError(f"mix_box must be (h1, w1, h2, w2) ints on the {grid}x{grid} grid of the largest size with "
+                         f"0 <= h1 <= h2 <= {grid} and 0 <= w1 <= w2 <= {grid}, got {box!r}")
+
+
 class SuperLVViT(SuperVisionTransformer):
     """LV-ViT-style super-network with the ``head`` on CLS and the ``aux_head`` on every remaining patch token.
 
@@ -59,6 +68,7 @@ class SuperLVViT(SuperVisionTransformer):
         side = grid.shape[-1]
         box = None
         if self.training and mix_box is not None:
+            check_box(mix_box, self.img_sizes[-1] // self.patch_size)
             box = scaled_box(mix_box, side, self.img_sizes[-1] // self.patch_size)
             grid = mix_region(grid, box, (2, 3))
         tokens, _ = self.run_blocks(self.tokens_with_position(grid, img_size), keep_ratio)

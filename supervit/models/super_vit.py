@@ -35,14 +35,10 @@ class SuperVisionTransformer(nn.Module):
                  patch_size=16, in_chans=3, num_classes=1000, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
                  qkv_bias=True, drop_path_rate=0.0, norm_eps=1e-6, skip_lam=1.0, patch_embed=None):
         super().__init__()
+        check_config(img_sizes, keep_ratios, prune_layers, patch_size, in_chans, num_classes, embed_dim, depth)
         self.img_sizes = tuple(int(s) for s in img_sizes)
         self.keep_ratios = tuple(float(r) for r in keep_ratios)
         self.prune_layers = tuple(int(i) for i in prune_layers)
-        for size in self.img_sizes:
-            if size % patch_size:
-                raise ValueError(f"img_sizes must be multiples of patch_size {patch_size}, got {size}")
-        if any(not 0 <= i < depth for i in self.prune_layers):
-            raise ValueError(f"prune_layers must be in [0, {depth - 1}], got {self.prune_layers}")
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -166,6 +162,38 @@ class SuperVisionTransformer(nn.Module):
                 n = keep_count(n, keep_ratio) + 1
             lengths.append(n)
         return lengths
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def check_config(img_sizes, keep_ratios, prune_layers, patch_size, in_chans, num_classes, embed_dim, depth):
+    """Constructor arguments of ``SuperVisionTransformer``; each error names the argument and what it accepts."""
+    for name, value in (("patch_size", patch_size), ("in_chans", in_chans), ("embed_dim", embed_dim),
+                        ("depth", depth)):
+        _positive_int(name, value)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
+    sizes = list(img_sizes) if isinstance(img_sizes, (list, tuple)) else None
+    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < patch_size or s % patch_size
+                        for s in sizes):
+        raise ValueError(f"img_sizes must be a non-empty list of ints, each a positive multiple of patch_size "
+                         f"{patch_size}, got {img_sizes!r}")
+    if sizes != sorted(set(sizes)):
+        raise ValueError(f"img_sizes must be strictly ascending (the largest is the full sub-network), got {img_sizes!r}")
+    ratios = list(keep_ratios) if isinstance(keep_ratios, (list, tuple)) else None
+    if not ratios:
+        raise ValueError(f"keep_ratios must be a non-empty list of numbers in (0, 1], got {keep_ratios!r}")
+    for ratio in ratios:
+        try:
+            check_keep_ratio(ratio)
+        except ValueError:
+            raise ValueError(f"keep_ratios must be numbers in (0, 1], got {keep_ratios!r}") from None
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth for i in prune_layers):
+        raise ValueError(f"prune_layers must be block indices in [0, {depth - 1}], got {tuple(prune_layers)}")
 
 
 def scaled_box(box, grid: int, ref_grid: int):

@@ -21,6 +21,8 @@ import torch
 
 from supervit.models import CheckpointError, extract_state_dict, read_checkpoint
 
+from . import faults
+
 FORMATS = {
     "deit": {"last": "checkpoint.pth", "best": "best_checkpoint.pth"},
     "timm": {"last": "last.pth.tar", "best": "model_best.pth.tar"},
@@ -52,6 +54,7 @@ def atomic_save(obj, path: str):
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        faults.inject("save", epoch=obj.get("epoch") if isinstance(obj, dict) else None)  # test-only
         os.replace(tmp, path)
         _fsync_dir(directory)
     except BaseException:
@@ -116,9 +119,44 @@ def build_checkpoint(fmt: str, *, model, optimizer, scheduler, scaler, ema, epoc
     raise ValueError(f"checkpoint format must be one of {list(FORMATS)}, got {fmt!r}")
 
 
+class NonFiniteWeightsError(RuntimeError):
+    """Weights holding NaN/inf: never written over a checkpoint."""
+
+
+def check_finite_weights(**modules) -> None:
+    """Raise ``NonFiniteWeightsError`` naming the first tensor of ``modules`` (name=module) holding NaN/inf."""
+    for owner, module in modules.items():
+        if module is None:
+            continue
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise NonFiniteWeightsError(f"{owner} tensor {name!r} holds NaN/inf; refusing to overwrite the "
+                                            "checkpoint with it (the last good checkpoint stays in place)")
+
+
+def remove_stale_temporaries(output_dir: str, fmt: str) -> list[str]:
+    """Delete temporary files that a killed save left behind (``<checkpoint name>.*.tmp``); returns their paths."""
+    prefixes = tuple(name + "." for name in FORMATS[fmt].values())
+    removed = []
+    for entry in os.scandir(output_dir) if os.path.isdir(output_dir) else ():
+        if entry.is_file() and entry.name.startswith(prefixes) and entry.name.endswith(".tmp"):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def save_epoch(fmt: str, output_dir: str, is_best: bool, **parts) -> str:
-    """Write the last checkpoint (and the best one when ``is_best``); returns the last checkpoint's path."""
+    """Write the last checkpoint (and the best one when ``is_best``); returns the last checkpoint's path.
+
+    Refuses (``NonFiniteWeightsError``) weights holding NaN/inf, so a good checkpoint is never replaced by a
+    diverged one; removes temporary files left by an earlier killed save.
+    """
     names = FORMATS[fmt]
+    check_finite_weights(model=parts.get("model"), ema=getattr(parts.get("ema"), "module", None))
+    remove_stale_temporaries(output_dir, fmt)
     last = os.path.join(output_dir, names["last"])
     atomic_save(build_checkpoint(fmt, **parts), last)
     if is_best:

@@ -53,9 +53,30 @@ def init_distributed(device: str | None = None, local_rank_arg: int | None = Non
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
+        store = _restart_store(rank, world_size)
+        where = {"store": store} if store is not None else {"init_method": "env://"}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **where,
                                 **({"device_id": dev} if dev.type == "cuda" else {}))
     return DistInfo(rank, world_size, local_rank, dev)
+
+
+def _restart_store(rank: int, world_size: int):
+    """The rendezvous store under a prefix of this torchrun restart attempt, or None outside torchrun.
+
+    torchrun's workers share the agent's store across ``--max-restarts`` attempts, so the keys the dead workers of
+    the previous attempt wrote (their Gloo/NCCL addresses) are still there: a restarted rank could read a dead peer's
+    address and fail ("Connection refused"; pytorch/pytorch#135712). Every worker of one agent gets the same
+    TORCHELASTIC_RESTART_COUNT, so on a single node the prefix isolates each attempt. Across nodes the counts can
+    differ (an agent restarted for a peer's failure does not count it); there the default store is kept and
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (set for torchrun) gives every attempt a fresh store instead.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        return None
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous("env://", rank=rank, world_size=world_size))
+    return dist.PrefixStore(f"supervit/attempt_{attempt}/", store)
 
 
 def cleanup():

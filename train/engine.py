@@ -22,6 +22,7 @@ from torch import nn
 from timm.utils import dispatch_clip_grad
 from tqdm import tqdm
 
+from . import faults
 from .distributed import DistInfo, all_reduce_sum
 
 Subnet = tuple  # (img_size: int, keep_ratio: float)
@@ -169,9 +170,12 @@ def train_step(ctx: StepContext, images, targets, subnets: list[Subnet], num_upd
     if not finite:
         ctx.nonfinite_streak += 1
         if ctx.nonfinite_streak >= ctx.max_nonfinite_steps:
-            bad = [f"{subnet_key(*s)} (loss {v})" for s, v in zip(subnets, values) if not math.isfinite(v)]
-            raise NonFiniteLossError(f"non-finite loss for {ctx.nonfinite_streak} consecutive steps; last at "
-                                     f"sub-network(s) {', '.join(bad) or 'on another rank'}")
+            bad = [f"(img_size={s[0]}, keep_ratio={s[1]:g}) loss {v}" for s, v in zip(subnets, values)
+                   if not math.isfinite(v)]
+            raise NonFiniteLossError(f"non-finite loss for {ctx.nonfinite_streak} consecutive steps (limit "
+                                     f"--max-nonfinite-steps {ctx.max_nonfinite_steps}); last at sub-network(s) "
+                                     f"{', '.join(bad) or 'on another rank'}; the weights were not updated by "
+                                     f"these steps and no checkpoint was written for this epoch")
     else:
         ctx.nonfinite_streak = 0
     return {"losses": values, "stepped": stepped}
@@ -218,6 +222,7 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, rng: random.Random, sc
     for i, (images, targets) in enumerate(loader):
         if max_steps and i >= max_steps:
             break
+        faults.inject("step", epoch=epoch, step=i, rank=ctx.info.rank)  # test-only; inert unless configured
         num_updates = epoch * updates_per_epoch + i
         if scheduler is not None:
             scheduler.step_update(num_updates)
@@ -264,7 +269,10 @@ def evaluate(model: nn.Module, loader, subnets: list[Subnet], amp: Amp, info: Di
     count = torch.zeros(1, dtype=torch.float64, device=device)
     full_index = subnets.index((model.img_sizes[-1], 1.0)) if (model.img_sizes[-1], 1.0) in subnets else 0
     bar = tqdm(loader, desc="eval", disable=not (progress and info.is_main), leave=False, dynamic_ncols=True)
-    for images, targets in bar:
+    for batch in bar:
+        if batch is None:  # every image of the batch was unreadable (and skipped)
+            continue
+        images, targets = batch
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         for j, (size, ratio) in enumerate(subnets):

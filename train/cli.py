@@ -41,6 +41,12 @@ def add_common_arguments(parser: argparse.ArgumentParser):
     group.add_argument("--epochs-this-run", type=int, default=0,
                        help="stop after this many epochs (schedule unchanged); continue later with --autoresume")
     group.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    group.add_argument("--strict-data", action="store_true",
+                       help="an unreadable/corrupt image is an error naming the file (default: skip it, count it "
+                            "in the log and go on)")
+    group.add_argument("--max-nonfinite-steps", type=int, default=20,
+                       help="stop with an error after this many consecutive steps with a NaN/inf loss (each such "
+                            "step is skipped, as AMP's scaler does)")
     group.add_argument("--dump-rank-weights", action="store_true", help=argparse.SUPPRESS)  # tests: weights/rank
     group.add_argument("--model-kwargs", default=None, help=argparse.SUPPRESS)  # JSON overrides of the model
     group.add_argument("--max-steps-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
@@ -70,6 +76,8 @@ def check_args(args, parser: argparse.ArgumentParser):
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.epochs < 1 and not args.eval:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.max_nonfinite_steps < 1:
+        parser.error(f"--max-nonfinite-steps must be >= 1, got {args.max_nonfinite_steps}")
     if args.clip_grad is not None and args.clip_grad <= 0:
         parser.error(f"--clip-grad must be > 0, got {args.clip_grad}")
     if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:

@@ -4,11 +4,13 @@ Layout: ``ROOT/train/<class>/*.JPEG`` and ``ROOT/val/<class>/*.JPEG``; both spli
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
 
 import torch
-from PIL import ImageOps
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 from torchvision import datasets, transforms
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
@@ -42,6 +44,86 @@ def image_folder(root: str, split: str, transform, arg_name: str = "--data-path"
         return datasets.ImageFolder(path, transform=transform)
     except FileNotFoundError as err:  # a class folder without any image file
         raise DataError(f"{arg_name}: {err}") from None
+
+
+class BadImageError(DataError):
+    """An image file that cannot be opened or decoded (corrupt, truncated, unreadable)."""
+
+
+def checked_loader(path: str) -> Image.Image:
+    """Open ``path`` as an RGB image, decoding it fully; raises ``BadImageError`` naming the file on failure."""
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadImageError(f"cannot read image {path!r}: {type(err).__name__}: {err}") from None
+
+
+class SkipBadImages(Dataset):
+    """A data set whose unreadable images are skipped (counted, each path warned about once per process).
+
+    A training set (``drop=False``) takes the next readable item instead, so batches keep their size (Mixup needs
+    even batches); an evaluation set (``drop=True``) yields None, which ``collate_skip_none`` drops, so nothing is
+    counted twice. ``strict``: raise the ``BadImageError`` (it names the file) instead (``--strict-data``).
+
+    Args:
+        dataset: an ImageFolder (or a data set holding one as ``.folder``) whose loader is ``checked_loader``.
+        strict: raise on the first unreadable image.
+        drop: yield None for an unreadable item instead of the next readable one.
+        max_tries: consecutive unreadable items after which the data set is reported broken.
+    """
+
+    def __init__(self, dataset: Dataset, strict: bool = False, drop: bool = False, max_tries: int = 64):
+        self.dataset, self.strict, self.drop, self.max_tries = dataset, strict, drop, max_tries
+        self.skipped = multiprocessing.Value("q", 0)  # shared with DataLoader workers
+        self._warned: set[str] = set()
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):  # classes, samples, targets ... of the wrapped set
+        if name in ("dataset", "__setstate__") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index):
+        for attempt in range(self.max_tries):
+            try:
+                return self.dataset[(index + attempt) % len(self.dataset)]
+            except BadImageError as err:
+                if self.strict:
+                    raise BadImageError(f"{err} (--strict-data; drop the flag to skip unreadable images)") from None
+                with self.skipped.get_lock():
+                    self.skipped.value += 1
+                if str(err) not in self._warned:
+                    self._warned.add(str(err))
+                    print(f"warning: skipping an unreadable image: {err}", file=sys.stderr, flush=True)
+                if self.drop:
+                    return None
+        raise DataError(f"{self.max_tries} consecutive items from index {index} hold unreadable images; "
+                        "is the data set corrupt?")
+
+
+def guard_images(dataset: Dataset, strict: bool = False, drop: bool = False) -> Dataset:
+    """``dataset`` reading images through ``checked_loader`` inside ``SkipBadImages``; unchanged when it reads no
+    image files (e.g. the embedded digits)."""
+    folder = dataset if isinstance(dataset, datasets.DatasetFolder) else getattr(dataset, "folder", None)
+    if not isinstance(folder, datasets.DatasetFolder):
+        return dataset
+    folder.loader = checked_loader
+    return SkipBadImages(dataset, strict=strict, drop=drop)
+
+
+def skipped_images(dataset: Dataset) -> int:
+    """How many unreadable images ``dataset`` (a ``SkipBadImages``) skipped so far in every process; 0 otherwise."""
+    counter = dataset.__dict__.get("skipped") if isinstance(dataset, SkipBadImages) else None
+    return int(counter.value) if counter is not None else 0
+
+
+def collate_skip_none(batch):
+    """default_collate of the items that are not None; None when every item was dropped."""
+    batch = [item for item in batch if item is not None]
+    return default_collate(batch) if batch else None
 
 
 def check_same_classes(train_set, val_set):

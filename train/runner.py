@@ -16,7 +16,7 @@ from supervit.models import (CheckpointError, convert_plain_vit_state_dict, extr
                              read_checkpoint)
 
 from . import checkpointing, data as data_lib, report
-from .distributed import barrier, cleanup, epoch_seed, init_distributed, seed_everything
+from .distributed import all_reduce_sum, barrier, cleanup, epoch_seed, init_distributed, seed_everything
 from .engine import Amp, StepContext, evaluate, subnet_key, train_one_epoch
 
 
@@ -57,7 +57,20 @@ def eval_loader(dataset, info, args):
     sampler = data_lib.eval_sampler(dataset, info, args.dist_eval)
     batch = getattr(args, "eval_batch_size", None) or int(1.5 * args.batch_size)
     return torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=args.num_workers,
-                                       pin_memory=args.pin_mem, drop_last=False)
+                                       pin_memory=args.pin_mem, drop_last=False,
+                                       collate_fn=data_lib.collate_skip_none)  # unreadable images dropped
+
+
+def skipped_since(info, marks, *datasets) -> list[int]:
+    """Unreadable images each of ``datasets`` skipped since ``marks`` (their earlier counts), summed over ranks."""
+    counts = torch.tensor([data_lib.skipped_images(d) - m for d, m in zip(datasets, marks)], dtype=torch.float64)
+    return [int(c) for c in all_reduce_sum(counts.to(info.device), info).tolist()]
+
+
+def log_skipped(info, counts: list[int], where: str):
+    if any(counts):
+        log(info, f"skipped {counts[0]} unreadable training and {counts[-1]} evaluation image(s) {where} (paths in "
+                  "the warnings on stderr; --strict-data makes an unreadable image an error)")
 
 
 def print_table(info, model, metrics: dict, title: str):
@@ -74,9 +87,11 @@ def run_eval_only(args, recipe, model, info, amp):
     has_ema = any(isinstance(ckpt.get(k), dict) for k in ("model_ema", "state_dict_ema"))
     use_ema = recipe.eval_only_prefers_ema and has_ema
     load_checkpoint(model, args.resume, use_ema=use_ema)
-    loader = eval_loader(recipe.eval_set(model), info, args)
+    eval_set = data_lib.guard_images(recipe.eval_set(model), strict=args.strict_data, drop=True)
+    loader = eval_loader(eval_set, info, args)
     metrics = evaluate(model, loader, model.subnets(), amp, info, reduce=args.dist_eval and info.distributed,
                        progress=not args.no_progress)
+    log_skipped(info, [0] + skipped_since(info, [0], eval_set), "in the evaluation")
     title = f"{os.path.basename(args.resume)} ({'EMA' if use_ema else 'model'} weights), " \
             f"{metrics['num_samples']} images"
     rows = print_table(info, model, metrics, title)
@@ -111,7 +126,8 @@ def _run(args, recipe, info):
         return run_eval_only(args, recipe, model, info, amp)
 
     train_set, collate = recipe.train_set(model)
-    eval_set = recipe.eval_set(model)
+    train_set = data_lib.guard_images(train_set, strict=args.strict_data)  # unreadable images: skipped or error
+    eval_set = data_lib.guard_images(recipe.eval_set(model), strict=args.strict_data, drop=True)
     if hasattr(train_set, "classes") and hasattr(eval_set, "classes"):
         data_lib.check_same_classes(train_set, eval_set)
     if len(getattr(train_set, "classes", [])) not in (0, model.num_classes):
@@ -152,7 +168,7 @@ def _run(args, recipe, info):
                                             else None, find_unused_parameters=True)
     ctx = StepContext(model=ddp_model, module=model, task=recipe.build_task(model), optimizer=optimizer,
                       scaler=scaler, amp=amp, info=info, teachers=recipe.teachers(), clip_grad=args.clip_grad,
-                      clip_mode=args.clip_mode, ema=ema)
+                      clip_mode=args.clip_mode, ema=ema, max_nonfinite_steps=args.max_nonfinite_steps)
     key = f"{subnet_key(model.img_sizes[-1], 1.0)}_acc1"
     jsonl = report.JsonlLog(os.path.join(args.output_dir, "log.jsonl") if args.output_dir and info.is_main else None)
     n_params = sum(p.numel() for p in model.parameters())
@@ -169,6 +185,7 @@ def _run(args, recipe, info):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         scheduler.step(epoch)
+        marks = (data_lib.skipped_images(train_set), data_lib.skipped_images(eval_set))
         stats = train_one_epoch(ctx, loader, epoch, rng, scheduler=scheduler, updates_per_epoch=updates_per_epoch,
                                 max_steps=args.max_steps_per_epoch, progress=not args.no_progress)
         last = epoch == total_epochs - 1
@@ -177,6 +194,9 @@ def _run(args, recipe, info):
         subnets = model.subnets() if full_table else [(model.img_sizes[-1], 1.0)]
         metrics = evaluate(eval_model, val_loader, subnets, amp, info, reduce=args.dist_eval and info.distributed,
                            progress=not args.no_progress)
+        skipped = skipped_since(info, marks, train_set, eval_set)
+        log_skipped(info, skipped, f"in epoch {epoch + 1}")
+        stats["skipped_images"], metrics["skipped_images"] = skipped
         is_best = best[0] is None or metrics[key] > best[0]
         if is_best:
             best = (metrics[key], epoch)

@@ -16,7 +16,7 @@ def torchrun(out, env, max_restarts: int) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            f"--max-restarts={max_restarts}", "--monitor-interval=0.2", MAIN_DEIT, *TINY_RUN, "--output", str(out),
            "--autoresume", "--dump-rank-weights"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=ROOT)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
 
 
 def test_rank_killed_job_restarts_from_checkpoint_and_finishes(tmp_path):

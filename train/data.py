@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import sys
 
-import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 from torchvision import datasets, transforms

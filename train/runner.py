@@ -12,8 +12,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from supervit.models import (CheckpointError, convert_plain_vit_state_dict, extract_state_dict, load_checkpoint,
-                             read_checkpoint)
+from supervit.models import convert_plain_vit_state_dict, extract_state_dict, load_checkpoint, read_checkpoint
 
 from . import checkpointing, data as data_lib, report
 from .distributed import all_reduce_sum, barrier, cleanup, epoch_seed, init_distributed, seed_everything
@@ -57,7 +56,7 @@ def eval_loader(dataset, info, args):
     sampler = data_lib.eval_sampler(dataset, info, args.dist_eval)
     batch = getattr(args, "eval_batch_size", None) or int(1.5 * args.batch_size)
     return torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=args.num_workers,
-                                       pin_memory=args.pin_mem, drop_last=False,
+                                       pin_memory=args.pin_mem and info.device.type == "cuda", drop_last=False,
                                        collate_fn=data_lib.collate_skip_none)  # unreadable images dropped
 
 
@@ -134,7 +133,8 @@ def _run(args, recipe, info):
         raise ValueError(f"the data set has {len(train_set.classes)} classes but the model {model.num_classes}; "
                          "pass --nb-classes/--num-classes")
     sampler = data_lib.train_sampler(train_set, info, args.repeated_aug, args.seed)
-    loader = data_lib.make_loader(train_set, sampler, args.batch_size, args.num_workers, args.pin_mem, True, collate)
+    loader = data_lib.make_loader(train_set, sampler, args.batch_size, args.num_workers,
+                                  args.pin_mem and info.device.type == "cuda", True, collate)
     val_loader = eval_loader(eval_set, info, args)
     updates_per_epoch = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
 
@@ -218,7 +218,8 @@ def _run(args, recipe, info):
                                                      f"{metrics['num_samples']} held-out images")
             if args.output_dir and info.is_main:
                 report.write_results(args.output_dir, rows, {
-                    "epoch": epoch, "title": f"{recipe.name} epoch {epoch + 1}", "ema": eval_model is not model,
+                    "epoch": epoch, "ema": eval_model is not model,
+                    "title": f"SuperViT {recipe.name}{' demo (digits)' if args.demo else ''}: epoch {epoch + 1}",
                     "num_samples": metrics["num_samples"], "train_time_s": time.time() - run_start,
                     "best_" + key: best[0], "world_size": info.world_size})
     if args.output_dir and info.is_main and stop_epoch > start_epoch:

@@ -59,7 +59,8 @@ class LabelAwareRandAugment:
     """timm's RandAugment whose geometric ops also move a cell-index image (nearest, fill -1) the same way."""
 
     def __init__(self, config_str: str, img_size: int, interpolation=None):
-        hparams = dict(translate_const=int(img_size * 0.45), img_mean=tuple(round(255 * m) for m in IMAGENET_DEFAULT_MEAN))
+        hparams = dict(translate_const=int(img_size * 0.45),
+                       img_mean=tuple(round(255 * m) for m in IMAGENET_DEFAULT_MEAN))
         if interpolation is not None:
             hparams["interpolation"] = interpolation
         self.inner = fix_rand_augment(rand_augment_transform(config_str, hparams))

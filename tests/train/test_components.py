@@ -5,7 +5,6 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from train import main_deit, main_lvvit
 from train.data import DataError, posterize_bits_safe

@@ -77,8 +77,8 @@ def test_lvvit_one_step_token_labels(tmp_path, recorder):
     metrics = main_lvvit.main([data, "--model", "super_lvvit_s", "--num-classes", str(len(CLASSES)),
                                "--model-kwargs", as_json(TINY_LVVIT_MODEL), "-b", "4", "--epochs", "1",
                                "--max-steps-per-epoch", "1", "-j", "0", "--token-label", "--token-label-data",
-                               labels, "--token-label-size", "5", "--model-ema", "--cooldown-epochs", "0", "--output", str(out),
-                               "--no-progress", "--device", "cpu"])
+                               labels, "--token-label-size", "5", "--model-ema", "--cooldown-epochs", "0",
+                               "--output", str(out), "--no-progress", "--device", "cpu"])
     sizes, ratios = tuple(TINY_LVVIT_MODEL["img_sizes"]), (0.5, 0.7, 1.0)
     check_step(recorder, sizes, ratios, teacher_of_last=0)  # LV-ViT reference: (s, r2) <- (L, 1)
     # the aux (token-label) head is trained at (L, 1) only
@@ -92,6 +92,6 @@ def test_lvvit_one_step_token_labels(tmp_path, recorder):
 def test_lvvit_per_group_teacher_option(tmp_path, recorder):
     data = write_image_folder(tmp_path / "imagenet", per_class=2)
     main_lvvit.main([data, "--num-classes", str(len(CLASSES)), "--model-kwargs", as_json(TINY_LVVIT_MODEL),
-                     "-b", "4", "--epochs", "1", "--max-steps-per-epoch", "1", "-j", "0", "--kd-teacher", "group", "--cooldown-epochs", "0",
-                     "--no-progress", "--device", "cpu"])
+                     "-b", "4", "--epochs", "1", "--max-steps-per-epoch", "1", "-j", "0", "--kd-teacher", "group",
+                     "--cooldown-epochs", "0", "--no-progress", "--device", "cpu"])
     assert recorder[3]["teacher"] == 2

@@ -32,9 +32,9 @@ def fault_env(point_action: str, marker, when: str = "", **extra) -> dict:
 
 def start(args: list[str], env: dict, log_path) -> subprocess.Popen:
     """``train/main_deit.py args`` in a child process, stdout+stderr to ``log_path``."""
-    handle = open(log_path, "w")
-    return subprocess.Popen([sys.executable, MAIN_DEIT, *args], env=env, stdout=handle, stderr=subprocess.STDOUT,
-                            cwd=ROOT)
+    with open(log_path, "w") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, MAIN_DEIT, *args], env=env, stdout=handle,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 def wait_for(path, proc: subprocess.Popen, log_path, timeout: float = 240.0):

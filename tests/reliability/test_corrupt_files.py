@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from supervit.models import CheckpointError, read_checkpoint
+from supervit.models import CheckpointError
 from train import main_deit, main_lvvit
 from train.data import DataError
 from train.token_label import read_label_map

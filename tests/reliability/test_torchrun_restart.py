@@ -3,7 +3,6 @@ both workers, which resume from the last checkpoint (``--autoresume``) and finis
 uninterrupted 2-process run (Gloo on CPU)."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 

@@ -102,3 +102,36 @@ def test_cli_errors_name_the_argument(tmp_path):
         main_lvvit.main([str(tmp_path), "--token-label"])  # --token-label without --token-label-data
     with pytest.raises(ValueError, match="--input-size"):
         main_deit.main(["--demo", "--input-size", "224", "--device", "cpu"])
+
+
+def test_finetune_from_plain_vit_fills_every_position_table(tmp_path):
+    from supervit.models import SuperDeiT
+    from supervit.models.checkpoint import resize_pos_embed
+    from train import digits
+    from train.distributed import DistInfo
+    from train.runner import finetune_from
+
+    config = {**digits.DEMO_MODEL, "embed_dim": 24, "depth": 4, "num_heads": 2, "prune_layers": (1, 2, 3)}
+    torch.manual_seed(0)
+    plain = SuperDeiT(**config).state_dict()
+    pos_embed = torch.randn(1, 1 + 7 * 7, 24)
+    plain = {k: v for k, v in plain.items() if not k.startswith("pos_embed_list")}
+    plain["pos_embed"] = pos_embed  # a plain ViT at the largest size (7 x 7 grid)
+    plain["head.weight"], plain["head.bias"] = torch.randn(1000, 24), torch.randn(1000)  # ImageNet head
+    torch.save({"model": plain}, tmp_path / "plain.pth")
+    model = SuperDeiT(**config)
+    head_before = model.head.weight.detach().clone()
+    finetune_from(model, str(tmp_path / "plain.pth"), DistInfo())
+    for i, size in enumerate(model.img_sizes):
+        assert torch.allclose(model.pos_embed_list[i], resize_pos_embed(pos_embed, size // 4))
+    assert torch.equal(model.pos_embed_list[3], pos_embed)  # same grid: copied as is
+    assert torch.equal(model.head.weight, head_before)  # 1000-class head dropped for the 10-class model
+    assert torch.equal(model.blocks[0].attn.qkv.weight, plain["blocks.0.attn.qkv.weight"])
+
+
+def test_bf16_autocast_step_on_cpu(tmp_path):
+    metrics = main_deit.main(["--demo", "--model-kwargs", '{"embed_dim": 24, "depth": 4, "num_heads": 2, '
+                              '"prune_layers": [1, 2, 3]}', "--batch-size", "8", "--epochs", "1",
+                              "--max-steps-per-epoch", "2", "--amp-dtype", "bfloat16", "--no-progress",
+                              "--threads", "1", "--device", "cpu"])
+    assert 0.0 <= metrics["28_1_acc1"] <= 100.0

@@ -56,11 +56,13 @@ def wants_demo(argv: list[str], data_given) -> bool:
     return "--demo" in argv or not data_given(argv)
 
 
-def parse(parser: argparse.ArgumentParser, argv: list[str] | None, demo: bool) -> argparse.Namespace:
-    """Parse ``argv`` with the demo defaults when ``demo`` (explicit flags still win)."""
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None, demo: bool,
+          demo_overrides: dict | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with the demo defaults (updated by ``demo_overrides``) when ``demo``; explicit flags win."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if demo:
-        parser.set_defaults(**{k: v for k, v in DEMO_DEFAULTS.items() if _has_dest(parser, k)})
+        defaults = {**DEMO_DEFAULTS, **(demo_overrides or {})}
+        parser.set_defaults(**{k: v for k, v in defaults.items() if _has_dest(parser, k)})
     args = parser.parse_args(argv)
     args.demo = demo
     return args

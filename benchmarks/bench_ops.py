@@ -33,38 +33,39 @@ def backend(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("n", TOKENS)
-@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
-def test_attention_with_score(benchmark, backend, n, pass_):
+def bench_attention(benchmark, n, pass_, op, backend, attend):
+    """Time ``attend(q, k, v) -> (out, score)`` at H=6, D=64 (forward, or forward + backward through both)."""
     batch = max(1, BATCH // 4) if DEVICE.type == "cpu" else BATCH
     q, k, v = [torch.randn(batch, 6, n, 64, device=DEVICE, dtype=DTYPE, requires_grad=pass_ != "fwd")
                for _ in range(3)]
-    benchmark.extra_info.update(op="attention+score", backend=backend, tokens=n, batch=batch, pass_=pass_)
+    benchmark.extra_info.update(op=op, backend=backend, tokens=n, batch=batch, pass_=pass_)
 
     def run():
-        out, score = kernels.attention(q, k, v, return_cls_score=True)
+        out, score = attend(q, k, v)
         if pass_ != "fwd":
             torch.autograd.backward((out, score), (torch.ones_like(out), torch.ones_like(score)))
         sync()
     benchmark(run)
+
+
+@pytest.mark.parametrize("n", TOKENS)
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+def test_attention_with_score(benchmark, backend, n, pass_):
+    bench_attention(benchmark, n, pass_, "attention+score", backend,
+                    lambda q, k, v: kernels.attention(q, k, v, return_cls_score=True))
+
+
+def sdpa_with_cls_row(q, k, v):
+    """F.scaled_dot_product_attention without the score plus a separate CLS-row computation (what the ops beat)."""
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    score = torch.softmax(q[:, :, :1] @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, -1)[:, :, 0, 1:].mean(1)
+    return out, score
 
 
 @pytest.mark.parametrize("n", TOKENS)
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
 def test_attention_sdpa_baseline(benchmark, n, pass_):
-    """F.scaled_dot_product_attention without the score plus a separate CLS-row computation (what the ops beat)."""
-    batch = max(1, BATCH // 4) if DEVICE.type == "cpu" else BATCH
-    q, k, v = [torch.randn(batch, 6, n, 64, device=DEVICE, dtype=DTYPE, requires_grad=pass_ != "fwd")
-               for _ in range(3)]
-    benchmark.extra_info.update(op="sdpa+cls-row", backend="torch", tokens=n, batch=batch, pass_=pass_)
-
-    def run():
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        score = torch.softmax(q[:, :, :1] @ k.transpose(-2, -1) * 64 ** -0.5, -1)[:, :, 0, 1:].mean(1)
-        if pass_ != "fwd":
-            torch.autograd.backward((out, score), (torch.ones_like(out), torch.ones_like(score)))
-        sync()
-    benchmark(run)
+    bench_attention(benchmark, n, pass_, "sdpa+cls-row", "torch", sdpa_with_cls_row)
 
 
 @pytest.mark.parametrize("n", TOKENS)

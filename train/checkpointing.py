@@ -13,6 +13,7 @@ over the target (``os.replace``), so a crash never leaves a half-written checkpo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import tempfile
@@ -44,17 +45,15 @@ def _fsync_dir(directory: str):
         os.close(fd)
 
 
-def atomic_save(obj, path: str):
-    """torch.save to a temporary file next to ``path``, fsync, then rename over ``path``."""
+@contextlib.contextmanager
+def _replaced_atomically(path: str):
+    """Yield a temporary path beside ``path``; on success rename it over ``path`` (fsync'ed), else remove it."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        faults.inject("save", epoch=obj.get("epoch") if isinstance(obj, dict) else None)  # test-only
+        yield tmp
         os.replace(tmp, path)
         _fsync_dir(directory)
     except BaseException:
@@ -63,21 +62,22 @@ def atomic_save(obj, path: str):
         raise
 
 
+def atomic_save(obj, path: str):
+    """torch.save to a temporary file next to ``path``, fsync, then rename over ``path``."""
+    with _replaced_atomically(path) as tmp:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        faults.inject("save", epoch=obj.get("epoch") if isinstance(obj, dict) else None)  # test-only
+
+
 def atomic_copy(src: str, dst: str):
     """Copy ``src`` to ``dst`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dst) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    with _replaced_atomically(dst) as tmp:
         shutil.copyfile(src, tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, dst)
-        _fsync_dir(directory)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def plain_value(value):

@@ -186,7 +186,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_cpu(
     const Tensor& q_, const Tensor& k_, const Tensor& v_, double scale, bool return_cls_score) {
   check_qkv(q_, k_, v_);
   const Tensor q = unit_last_stride(q_), k = unit_last_stride(k_), v = unit_last_stride(v_);
-  auto [out, lse] = flash_forward(q, k, v, scale);  // out [B, H, N, D], lse [B, H, N] in the acc dtype
+  auto [out, lse] = flash_forward(q, k, v, scale);  // out [B, H, N, D] token-major, lse [B, H, N] in the acc dtype
   Tensor score;
   if (return_cls_score) {
     TORCH_CHECK(q.size(2) >= 2, "return_cls_score needs N >= 2 tokens, got ", q.size(2));
@@ -194,7 +194,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_cpu(
   } else {
     score = at::empty({q.size(0), 0}, q.options().dtype(acc_dtype(q)));
   }
-  return {out.contiguous(), score, lse.to(acc_dtype(q)).contiguous()};
+  return {token_major(out), score, lse.to(acc_dtype(q)).contiguous()};
 }
 
 std::tuple<Tensor, Tensor, Tensor> attention_backward_cpu(
@@ -204,7 +204,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_cpu(
   const Tensor q = unit_last_stride(q_), k = unit_last_stride(k_), v = unit_last_stride(v_);
   const Tensor lse_used = lse.to(acc_dtype(q));  // what the flash backward takes (a no-op for our own lse)
   auto [dq, dk, dv] = at::_scaled_dot_product_flash_attention_for_cpu_backward(
-      grad_out.contiguous(), q, k, v, out, lse_used, 0.0, false, std::nullopt, scale);
+      unit_last_stride(grad_out), q, k, v, unit_last_stride(out), lse_used, 0.0, false, std::nullopt, scale);
   dq = dq.contiguous();  // the CPU flash backward returns [B, N, H, D]-strided gradients
   dk = dk.contiguous();
   dv = dv.contiguous();

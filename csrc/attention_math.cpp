@@ -16,6 +16,11 @@ at::ScalarType acc_type(const Tensor& t) {
 
 }  // namespace
 
+Tensor token_major(const Tensor& out) {
+  const Tensor by_token = out.transpose(1, 2);  // [B, N, H, D]
+  return by_token.is_contiguous() ? out : by_token.contiguous().transpose(1, 2);
+}
+
 std::tuple<Tensor, Tensor, Tensor> attention_forward_math(
     const Tensor& q, const Tensor& k, const Tensor& v, double scale, bool return_cls_score) {
   check_qkv(q, k, v);
@@ -24,7 +29,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_math(
   Tensor logits = at::matmul(q.to(acc), k.to(acc).transpose(-2, -1)).mul_(scale);  // [B, H, N, N]
   Tensor lse = at::logsumexp(logits, {-1});                                          // [B, H, N]
   Tensor probs = logits.sub_(lse.unsqueeze(-1)).exp_();
-  Tensor out = at::matmul(probs, v.to(acc)).to(q.scalar_type()).contiguous();      // [B, H, N, D]
+  Tensor out = token_major(at::matmul(probs, v.to(acc)).to(q.scalar_type()));      // [B, H, N, D] token-major
   Tensor score;
   if (return_cls_score) {
     TORCH_CHECK(tokens >= 2, "return_cls_score needs N >= 2 tokens, got ", tokens);

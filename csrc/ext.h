@@ -13,6 +13,11 @@ namespace supervit {
 
 using at::Tensor;
 
+// The attention output layout every backend returns: shape [B, H, N, D], stored token-major ([B, N, H, D]
+// contiguous) so that merging the heads back into [B, N, C] is a free view. Copies only when `out` is not
+// laid out so already.
+Tensor token_major(const Tensor& out);
+
 // Argument checks shared by every device (each raises a c10::Error naming the argument).
 void check_tokens(const Tensor& x, const char* name);                      // [B, N, C], N >= 2
 void check_index(const Tensor& idx, const Tensor& x, int64_t num_patch);   // [B, k], int64/int32, 1 <= k <= N-1

@@ -87,7 +87,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_cuda(
   const int64_t tokens = q.size(2);
   auto res = at::_scaled_dot_product_efficient_attention(q, k, v, std::nullopt, /*compute_log_sumexp=*/true,
                                                          0.0, false, scale);
-  Tensor out = std::get<0>(res).contiguous();                                 // [B, H, N, D]
+  Tensor out = token_major(std::get<0>(res));                                  // [B, H, N, D] token-major
   Tensor lse = std::get<1>(res).narrow(2, 0, tokens).to(at::kFloat).contiguous();  // padded to 32 -> [B, H, N]
   Tensor score;
   if (return_cls_score) {

@@ -14,11 +14,12 @@ import warnings
 
 import torch
 
-from .reference import compute_dtype
+from .reference import compute_dtype, empty_token_major
 
 NAME = "ext"
-# q, k, v may arrive as strided views (unit last-dim stride): the CPU flash kernel and the score loops read them
-# through their strides (ops.py then skips the three copies); the CUDA path copies what its kernels need.
+# q, k, v (and grad_out, out in the backward) may arrive as strided views (unit last-dim stride): the CPU flash
+# kernels and the score loops read them through their strides (ops.py then skips the copies); the CUDA path copies
+# what its kernels need.
 STRIDED_QKV = True
 
 try:
@@ -72,10 +73,10 @@ def _kernel_status(kind: str) -> tuple[bool, str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The backend contract (inputs arrive contiguous; see reference.py for the semantics).
+# The backend contract (see reference.py for the semantics and layouts; STRIDED_QKV above for the strides).
 # ----------------------------------------------------------------------------------------------------------------
 def attention_forward(q, k, v, scale: float, return_cls_score: bool):
-    """(out [B,H,N,D] q.dtype, score [B,N-1] or [B,0], lse [B,H,N]); score/lse fp32 (fp64 for fp64 inputs)."""
+    """(out [B,H,N,D] token-major q.dtype, score [B,N-1] or [B,0], lse [B,H,N]); score/lse fp32 (fp64 for fp64)."""
     return torch.ops.supervit.ext_attention_forward(q, k, v, float(scale), bool(return_cls_score))
 
 
@@ -109,9 +110,9 @@ def prune_tokens_forward(x, score, k: int):
 if not _LOAD_ERROR:
     @torch.library.register_fake("supervit::ext_attention_forward")
     def _(q, k, v, scale, return_cls_score):
-        batch, heads, tokens, _ = q.shape
+        batch, heads, tokens, dim = q.shape
         acc = compute_dtype(q.dtype)
-        return (q.new_empty(q.shape), q.new_empty((batch, tokens - 1 if return_cls_score else 0), dtype=acc),
+        return (empty_token_major(batch, heads, tokens, dim, q), q.new_empty((batch, tokens - 1 if return_cls_score else 0), dtype=acc),
                 q.new_empty((batch, heads, tokens), dtype=acc))
 
     @torch.library.register_fake("supervit::ext_attention_backward")

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from . import validation as check
 from .dispatch import select_backend
-from .reference import compute_dtype, keep_count
+from .reference import compute_dtype, empty_token_major, keep_count, token_major
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -21,7 +21,8 @@ from .reference import compute_dtype, keep_count
 def _attention(q: Tensor, k: Tensor, v: Tensor, scale: float, return_cls_score: bool) -> tuple[Tensor, Tensor, Tensor]:
     backend = select_backend(q.device)
     prep = _qkv_prep(backend)
-    return backend.attention_forward(prep(q), prep(k), prep(v), scale, return_cls_score)
+    out, score, lse = backend.attention_forward(prep(q), prep(k), prep(v), scale, return_cls_score)
+    return token_major(out), score, lse  # a no-op for the shipped backends, which write out token-major
 
 
 def _qkv_prep(backend):
@@ -36,10 +37,10 @@ def _as_is(t: Tensor) -> Tensor:
 
 @_attention.register_fake
 def _(q, k, v, scale, return_cls_score):
-    batch, heads, tokens, _ = q.shape
+    batch, heads, tokens, dim = q.shape
     score_len = tokens - 1 if return_cls_score else 0
     return (
-        q.new_empty(q.shape),
+        empty_token_major(batch, heads, tokens, dim, q),
         q.new_empty((batch, score_len), dtype=compute_dtype(q.dtype)),
         q.new_empty((batch, heads, tokens), dtype=compute_dtype(q.dtype)),
     )
@@ -53,8 +54,8 @@ def _attention_backward(
     backend = select_backend(q.device)
     prep = _qkv_prep(backend)
     return backend.attention_backward(
-        grad_out.contiguous(), grad_score.contiguous(), prep(q), prep(k), prep(v),
-        out.contiguous(), lse.contiguous(), scale, has_score_grad,
+        prep(grad_out), grad_score.contiguous(), prep(q), prep(k), prep(v), prep(out), lse.contiguous(), scale,
+        has_score_grad,
     )
 
 
@@ -163,7 +164,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, retur
             query (token 0) at the patch keys 1..N-1. It is differentiable w.r.t. q and k.
 
     Returns:
-        out [B, H, N, D], or (out, score) when ``return_cls_score``.
+        out [B, H, N, D], or (out, score) when ``return_cls_score``. ``out`` is stored token-major
+        (``out.transpose(1, 2)`` is contiguous), so ``out.transpose(1, 2).reshape(B, N, H * D)`` is a free view.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check.check_tensor(name, t, 4, layout="[B, H, N, D]")

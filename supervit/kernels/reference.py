@@ -7,7 +7,8 @@ Two layers live here:
 * the reference *backend* (``attention_forward``/``attention_backward``, ``gather_tokens_backward`` ...),
   the explicit forward/backward pairs with the same signatures every other backend implements.
 
-Layouts: tokens ``x`` are [B, N, C] with the CLS token at index 0; ``q, k, v`` are [B, H, N, D];
+Layouts: tokens ``x`` are [B, N, C] with the CLS token at index 0; ``q, k, v`` are [B, H, N, D]; the attention
+output of the backends is [B, H, N, D] stored token-major (see ``token_major``);
 ``score`` is [B, N-1] (float32) over the patch tokens; ``idx`` is [B, k] int64 into the patch tokens.
 """
 from __future__ import annotations
@@ -30,6 +31,21 @@ def keep_count(num_tokens: int, keep_ratio: float) -> int:
     ``min(ceil(keep_ratio * N), N - 1)`` with Python floats, as the SuperViT reference computes it.
     """
     return min(math.ceil(keep_ratio * num_tokens), num_tokens - 1)
+
+
+def token_major(out: torch.Tensor) -> torch.Tensor:
+    """``out`` [B, H, N, D] with its memory laid out as [B, N, H, D] (a copy only when it is not already).
+
+    Every backend returns the attention output this way, as the flash kernels write it, so that merging the heads
+    back into tokens, ``out.transpose(1, 2).reshape(B, N, H * D)``, is a view and costs no copy.
+    """
+    by_token = out.transpose(1, 2)  # [B, N, H, D]
+    return out if by_token.is_contiguous() else by_token.contiguous().transpose(1, 2)
+
+
+def empty_token_major(batch: int, heads: int, tokens: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialized [B, H, N, D] tensor laid out token-major, with ``like``'s dtype and device."""
+    return like.new_empty((batch, tokens, heads, dim)).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -69,7 +85,7 @@ def prune_tokens(x, score, keep_ratio):
 # The reference backend: explicit forward / backward pairs.
 # ----------------------------------------------------------------------------------------------------------------
 def attention_forward(q, k, v, scale: float, return_cls_score: bool):
-    """Returns (out [B,H,N,D] in q.dtype, score [B,N-1] fp32 or [B,0] when not asked, lse [B,H,N] fp32).
+    """Returns (out [B,H,N,D] token-major in q.dtype, score [B,N-1] fp32 or [B,0] when not asked, lse [B,H,N] fp32).
 
     (fp64 inputs keep fp64 for score and lse.)
     """
@@ -77,7 +93,7 @@ def attention_forward(q, k, v, scale: float, return_cls_score: bool):
     logits = (q @ k.transpose(-2, -1)).to(acc) * scale  # [B, H, N, N]
     lse = torch.logsumexp(logits, dim=-1)  # [B, H, N]
     probs = torch.exp(logits - lse.unsqueeze(-1))
-    out = probs.to(v.dtype) @ v
+    out = token_major(probs.to(v.dtype) @ v)
     if return_cls_score:
         score = probs[:, :, 0, 1:].mean(dim=1)
     else:

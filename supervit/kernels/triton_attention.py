@@ -1,6 +1,7 @@
 """Triton kernels of the fused attention: a flash-style forward that also yields the CLS score, and its backward.
 
-Layout: q, k, v, out are contiguous [B, H, N, D]; a flat grid runs over (b * H + h, row block). Logits live in the
+Layout: q, k, v are contiguous [B, H, N, D]; out is [B, H, N, D] stored token-major ([B, N, H, D] contiguous, as
+every backend returns it, so that merging heads is a free view); the kernels address out through its strides. A flat grid runs over (b * H + h, row block). Logits live in the
 log2 domain (q.k * scale * log2(e)) so the kernels use exp2; ``lse`` is stored in natural-log units, as the
 reference backend stores it, so forward and backward of different backends stay interchangeable.
 
@@ -24,6 +25,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from .reference import empty_token_major, token_major
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_HEAD_DIM = 256
@@ -72,7 +75,7 @@ def _fwd_block(acc, m_i, l_i, q, K, V, S0, start, offs_d, N, qk_scale, first_row
 
 
 @triton.jit
-def _attn_fwd_kernel(Q, K, V, Out, Lse, S0, N, N_BUCKET, qk_scale,
+def _attn_fwd_kernel(Q, K, V, Out, Lse, S0, N, N_BUCKET, qk_scale, H, so_b, so_h, so_n,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      STORE_S0: tl.constexpr, DOT_PREC: tl.constexpr):
     """out = softmax(q k^T * scale) v for one (query block, b*H+h); writes out, lse and (opt.) row-0 logits."""
@@ -81,7 +84,7 @@ def _attn_fwd_kernel(Q, K, V, Out, Lse, S0, N, N_BUCKET, qk_scale,
     Q += base
     K += base
     V += base
-    Out += base
+    Out += (bh // H) * so_b + (bh % H) * so_h
     S0 += bh * N
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] query ids
     offs_d = tl.arange(0, HEAD_DIM)
@@ -100,7 +103,8 @@ def _attn_fwd_kernel(Q, K, V, Out, Lse, S0, N, N_BUCKET, qk_scale,
         acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, K, V, S0, n_full, offs_d, N, qk_scale, first_rows,
                                    BLOCK_M, BLOCK_N, HEAD_DIM, True, STORE_S0, DOT_PREC)
     out = acc / l_i[:, None]
-    tl.store(Out + q_off, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    o_off = offs_m[:, None] * so_n + offs_d[None, :]  # [BLOCK_M, D]
+    tl.store(Out + o_off, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     tl.store(Lse + bh * N + offs_m, (m_i + tl.math.log2(l_i)) * _LN2, mask=row_ok)
 
 
@@ -123,7 +127,7 @@ def _cls_score_kernel(S0, Lse, Score, N, H, BLOCK: tl.constexpr):
 # Backward
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _bwd_delta_kernel(O, DO, Q, K, Lse, GS, Delta, N, H, qk_scale,
+def _bwd_delta_kernel(O, DO, Q, K, Lse, GS, Delta, N, H, qk_scale, so_b, so_h, so_n,
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_GS: tl.constexpr):
     """delta = rowsum(dO * O); row 0 also gets sum_j P0j * grad_score[j-1] / H when the score has a gradient."""
     pid_m, bh = _block_and_head(N, BLOCK_M)
@@ -132,7 +136,8 @@ def _bwd_delta_kernel(O, DO, Q, K, Lse, GS, Delta, N, H, qk_scale,
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < N
     off = base + offs_m[:, None] * HEAD_DIM + offs_d[None, :]  # [BLOCK_M, D]
-    o = tl.load(O + off, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    o_off = (bh // H) * so_b + (bh % H) * so_h + offs_m[:, None] * so_n + offs_d[None, :]  # out through its strides
+    o = tl.load(O + o_off, mask=row_ok[:, None], other=0.0).to(tl.float32)
     do = tl.load(DO + off, mask=row_ok[:, None], other=0.0).to(tl.float32)
     delta = tl.sum(o * do, 1)  # [BLOCK_M]
     if HAS_GS:
@@ -361,10 +366,10 @@ def attention_fwd(q, k, v, scale: float, return_cls_score: bool, blocks: tuple[i
     if dp > MAX_HEAD_DIM:
         raise ValueError(f"head dim {dim} is above the Triton kernels' limit {MAX_HEAD_DIM}")
     q, k, v = (_pad(t, dp).contiguous() for t in (q, k, v))
-    out = torch.empty_like(q)  # [B, H, N, Dp]
+    out = empty_token_major(batch, heads, tokens, dp, q)  # [B, H, N, Dp] token-major
     lse = torch.empty((batch, heads, tokens), device=q.device, dtype=torch.float32)
     s0 = torch.empty_like(lse) if return_cls_score else lse  # [B, H, N] row-0 logits (log2 domain)
-    args = (q, k, v, out, lse, s0, tokens, _bucket(tokens), scale * 1.4426950408889634)
+    args = (q, k, v, out, lse, s0, tokens, _bucket(tokens), scale * 1.4426950408889634, heads, *out.stride()[:3])
     meta = dict(HEAD_DIM=dp, STORE_S0=return_cls_score, DOT_PREC=_dot_precision(q.dtype))
     if blocks is None and not _INTERPRET:
         grid = lambda m: (triton.cdiv(tokens, m["BLOCK_M"]) * batch * heads,)  # noqa: E731
@@ -380,7 +385,7 @@ def attention_fwd(q, k, v, scale: float, return_cls_score: bool, blocks: tuple[i
     else:
         score = torch.empty((batch, 0), device=q.device, dtype=torch.float32)
     if dp != dim:
-        out = out[..., :dim].contiguous()
+        out = token_major(out[..., :dim])
     return out, score, lse
 
 
@@ -389,12 +394,14 @@ def attention_bwd(grad_out, grad_score, q, k, v, out, lse, scale: float, has_sco
     """Gradients (dq, dk, dv) of ``attention_fwd`` for upstream grads on out and (optionally) on score.
 
     Args:
-        grad_out, q, k, v, out: [B, H, N, D]; grad_score: [B, N-1] fp32 (read only when ``has_score_grad``);
+        grad_out, q, k, v, out: [B, H, N, D] (out in any layout with a unit last-dim stride); grad_score: [B, N-1] fp32 (read only when ``has_score_grad``);
         lse: [B, H, N] fp32 from the forward; blocks: (BLOCK_SMALL, BLOCK_BIG) to bypass autotuning.
     """
     batch, heads, tokens, dim = q.shape
     dp = _padded_dim(dim)
-    q, k, v, out, grad_out = (_pad(t, dp).contiguous() for t in (q, k, v, out, grad_out))
+    q, k, v, grad_out = (_pad(t, dp).contiguous() for t in (q, k, v, grad_out))
+    out = _pad(out, dp)
+    out = out if out.stride(-1) == 1 else out.contiguous()
     grad_out = grad_out.to(q.dtype)
     lse = lse.contiguous()
     gs = grad_score.contiguous().float() if has_score_grad else lse  # [B, N-1] fp32
@@ -402,7 +409,7 @@ def attention_bwd(grad_out, grad_score, q, k, v, out, lse, scale: float, has_sco
     delta = torch.empty_like(lse)  # [B, H, N]
     bm = max(16, 4096 // dp) if not _INTERPRET else _interp_block(tokens)  # [BLOCK_M, D] fp32 tiles of o, do
     _bwd_delta_kernel[(triton.cdiv(tokens, bm) * batch * heads,)](
-        out, grad_out, q, k, lse, gs, delta, tokens, heads, qk_scale,
+        out, grad_out, q, k, lse, gs, delta, tokens, heads, qk_scale, *out.stride()[:3],
         HEAD_DIM=dp, BLOCK_M=bm, BLOCK_N=max(16, 2048 // dp) if not _INTERPRET else bm, HAS_GS=has_score_grad)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     args = (q, k, v, grad_out, dq, dk, dv, lse, delta, gs, tokens, _bucket(tokens), heads, scale, qk_scale)

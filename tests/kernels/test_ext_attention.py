@@ -60,7 +60,8 @@ def run(forward, backward, batch, heads, tokens, dim, dtype, grads="both", seed=
     scale = dim ** -0.5
     out, score, lse = forward(q, k, v, scale, True)
     assert out.dtype == dtype and score.dtype == lse.dtype == torch.float32
-    assert out.is_contiguous() and score.shape == (batch, tokens - 1) and lse.shape == (batch, heads, tokens)
+    assert out.transpose(1, 2).is_contiguous(), "out must be stored token-major ([B, N, H, D] contiguous)"
+    assert score.shape == (batch, tokens - 1) and lse.shape == (batch, heads, tokens)
     dq, dk, dv = backward(torch.zeros_like(out) if go is None else go, score[:, :0] if gs is None else gs,
                           q, k, v, out, lse, scale, gs is not None)
     want = truth(q, k, v, scale, go, gs)
@@ -104,11 +105,14 @@ def test_strided_qkv_views_match_contiguous():
     go, gs = torch.randn(batch, heads, tokens, dim, generator=g), torch.randn(batch, tokens - 1, generator=g)
     got = ext.attention_forward(q, k, v, 0.25, True)
     want = ext.attention_forward(q.contiguous(), k.contiguous(), v.contiguous(), 0.25, True)
-    assert all(a.is_contiguous() for a in got)
+    assert got[0].transpose(1, 2).is_contiguous() and got[1].is_contiguous() and got[2].is_contiguous()
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    grads = ext.attention_backward(go, gs, q, k, v, got[0], got[2], 0.25, True)
-    want_g = ext.attention_backward(go, gs, q.contiguous(), k.contiguous(), v.contiguous(), got[0], got[2], 0.25, True)
+    # The backward as the models drive it: q/k/v views, out token-major, grad_out a head-split view of [B, N, C].
+    go_view = go.transpose(1, 2).contiguous().transpose(1, 2)
+    grads = ext.attention_backward(go_view, gs, q, k, v, got[0], got[2], 0.25, True)
+    want_g = ext.attention_backward(go, gs, q.contiguous(), k.contiguous(), v.contiguous(), got[0].contiguous(),
+                                    got[2], 0.25, True)
     for a, b in zip(grads, want_g):
         assert a.is_contiguous()
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

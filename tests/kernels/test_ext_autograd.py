@@ -145,3 +145,22 @@ def test_cuda_attention_matches_reference(dtype, dim):
         assert (a.double() - b).abs().max().item() < 5 * tol
     again = ext.attention_backward(go, gs, q, k, v, got[0], got[2], dim ** -0.5, True)
     assert all(torch.equal(a, b) for a, b in zip(grads, again))
+
+
+@pytest.mark.parametrize("backend", ["ext", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["fp32", "bf16", "fp64"])
+def test_heads_merge_back_into_tokens_without_a_copy(backend, dtype, monkeypatch):
+    """The op returns out token-major, so the models' [B, H, N, D] -> [B, N, C] merge is a view of it, in the
+    forward and for the gradient flowing back, and the values equal the contiguous reference."""
+    monkeypatch.setenv("SUPERVIT_BACKEND", backend)
+    batch, tokens, heads, dim = 2, 17, 3, 8
+    qkv = rand(batch, tokens, 3, heads, dim, dtype=dtype, seed=4)  # the fused projection, as in the models
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    out, score = kernels.attention(q, k, v, return_cls_score=True)
+    merged = out.transpose(1, 2).reshape(batch, tokens, heads * dim)
+    assert merged.data_ptr() == out.data_ptr() and merged._base is not None
+    want_out, want_score = reference.attention(q.detach(), k.detach(), v.detach(), dim ** -0.5, True)
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.detach(), want_out, **tol)
+    (merged.square().sum() + score.sum()).backward()
+    assert qkv.grad is not None and torch.isfinite(qkv.grad).all()

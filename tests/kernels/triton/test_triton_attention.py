@@ -30,6 +30,7 @@ def _check(shape, dtype, mode, fwd, bwd):
     use_out, use_score = mode in ("out", "both"), mode in ("score", "both")
     out, score, lse = fwd(q, k, v, scale, True)
     assert out.dtype == dtype and out.shape == q.shape
+    assert out.transpose(1, 2).is_contiguous(), "out must be stored token-major ([B, N, H, D] contiguous)"
     assert score.dtype == torch.float32 and score.shape == (shape[0], shape[2] - 1)
     assert lse.dtype == torch.float32 and lse.shape == shape[:3]
     grads = bwd(go if use_out else torch.zeros_like(go), gs if use_score else gs[:, :0], q, k, v, out, lse,

@@ -7,7 +7,10 @@ processes hits all of them alike; median and min..max over the rounds):
   C=384, keep 0.7 -- ext vs the reference backend through the same op, and vs the plain-PyTorch reference
   composite (reference.prune_tokens under autograd). Target: ext >= 4x faster.
 * attention: attention with the CLS score, eval (no grad) and train (forward + backward through both outputs)
-  at H=6, N=197, D=64 -- ext vs F.scaled_dot_product_attention plus a separate CLS-row softmax. Target: no slower.
+  at H=6, N=197, D=64 -- ext vs F.scaled_dot_product_attention plus a separate CLS-row softmax, both followed by
+  the models' merge of the heads into [B, N, C]. Target: no slower. Two input layouts: q, k, v as views of one
+  fused qkv projection (how the models call it) and contiguous q, k, v (the op then copies its token-major
+  output into place; SDPA's CPU flash kernel returns the layout of q).
 * models: super_deit_s eval at batch 32 fp32, sub-networks (224, 1), (224, 0.5), (128, 0.5), and timm's
   deit_small_patch16_224. Targets: (224, 0.5) >= 1.8x and (128, 0.5) >= 5x the throughput of (224, 1);
   (224, 1) within 5% of timm.
@@ -97,50 +100,70 @@ def cls_row_score(q, k, scale):
     return torch.softmax((q[:, :, :1] @ k.transpose(-2, -1)) * scale, dim=-1)[:, :, 0, 1:].mean(dim=1)
 
 
-def bench_attention(rounds, warmup, extra, batches=(32, 64)):
+def attention_inputs(batch, heads, tokens, dim, layout, gen, requires_grad=False):
+    """q, k, v [B, H, N, D]: views of one fused qkv projection output [B, N, 3, H, D] (``qkv-views``, how the
+    models call attention) or three contiguous tensors (``contiguous``)."""
+    if layout == "qkv-views":
+        fused = torch.randn(batch, tokens, 3, heads, dim, generator=gen, requires_grad=requires_grad)
+        return fused, list(fused.permute(2, 0, 3, 1, 4).unbind(0))
+    qkv = [torch.randn(batch, heads, tokens, dim, generator=gen, requires_grad=requires_grad) for _ in range(3)]
+    return qkv, qkv
+
+
+def merge_heads(out):
+    """[B, H, N, D] -> [B, N, H * D], as the models feed the output projection."""
+    return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
+
+
+def bench_attention(rounds, warmup, extra, batches=(32, 64), layouts=("qkv-views", "contiguous")):
     rows = []
     heads, tokens, dim = 6, 197, 64
     scale = dim ** -0.5
-    for batch in batches:
-        gen = torch.Generator().manual_seed(batch)
-        q, k, v = (torch.randn(batch, heads, tokens, dim, generator=gen) for _ in range(3))
+    for layout in layouts:
+        for batch in batches:
+            gen = torch.Generator().manual_seed(batch)
+            _, (q, k, v) = attention_inputs(batch, heads, tokens, dim, layout, gen)
 
-        def ext_eval():
-            with torch.no_grad(), backend("ext"):
-                return kernels.attention(q, k, v, scale, return_cls_score=True)
+            def ext_eval():
+                with torch.no_grad(), backend("ext"):
+                    out, score = kernels.attention(q, k, v, scale, return_cls_score=True)
+                    return merge_heads(out), score
 
-        def sdpa_eval():
-            with torch.no_grad():
-                return F.scaled_dot_product_attention(q, k, v, scale=scale), cls_row_score(q, k, scale)
+            def sdpa_eval():
+                with torch.no_grad():
+                    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+                    return merge_heads(out), cls_row_score(q, k, scale)
 
-        def sdpa_only():
-            with torch.no_grad():
-                return F.scaled_dot_product_attention(q, k, v, scale=scale)
+            def sdpa_only():
+                with torch.no_grad():
+                    return merge_heads(F.scaled_dot_product_attention(q, k, v, scale=scale))
 
-        stats = interleaved({"ext": ext_eval, "sdpa+cls_row": sdpa_eval, "sdpa_without_score": sdpa_only},
-                            rounds, warmup)
-        rows += rows_of("attention", f"eval B={batch} H={heads} N={tokens} D={dim}", stats, "ext",
-                        {"dtype": "fp32", "batch": batch, **extra})
+            stats = interleaved({"ext": ext_eval, "sdpa+cls_row": sdpa_eval, "sdpa_without_score": sdpa_only},
+                                rounds, warmup)
+            rows += rows_of("attention", f"eval {layout} B={batch} H={heads} N={tokens} D={dim}", stats, "ext",
+                            {"dtype": "fp32", "batch": batch, **extra})
 
-    batch = batches[0]
-    gen = torch.Generator().manual_seed(1)
-    qkv = [torch.randn(batch, heads, tokens, dim, generator=gen, requires_grad=True) for _ in range(3)]
-    go = torch.randn(batch, heads, tokens, dim, generator=gen)
-    gs = torch.randn(batch, tokens - 1, generator=gen)
+        batch = batches[0]
+        gen = torch.Generator().manual_seed(1)
+        leaves, qkv = attention_inputs(batch, heads, tokens, dim, layout, gen, requires_grad=True)
+        leaves = [leaves] if torch.is_tensor(leaves) else leaves
+        go = torch.randn(batch, tokens, heads * dim, generator=gen)  # upstream grad of the merged heads
+        gs = torch.randn(batch, tokens - 1, generator=gen)
 
-    def ext_train():
-        with backend("ext"):
-            out, score = kernels.attention(*qkv, scale, return_cls_score=True)
-            return torch.autograd.grad((out * go).sum() + (score * gs).sum(), qkv)
+        def ext_train():
+            with backend("ext"):
+                out, score = kernels.attention(*qkv, scale, return_cls_score=True)
+                return torch.autograd.grad((merge_heads(out) * go).sum() + (score * gs).sum(), leaves)
 
-    def sdpa_train():
-        out = F.scaled_dot_product_attention(*qkv, scale=scale)
-        score = cls_row_score(qkv[0], qkv[1], scale)
-        return torch.autograd.grad((out * go).sum() + (score * gs).sum(), qkv)
+        def sdpa_train():
+            out = F.scaled_dot_product_attention(*qkv, scale=scale)
+            score = cls_row_score(qkv[0], qkv[1], scale)
+            return torch.autograd.grad((merge_heads(out) * go).sum() + (score * gs).sum(), leaves)
 
-    stats = interleaved({"ext": ext_train, "sdpa+cls_row": sdpa_train}, max(3, rounds // 2), max(1, warmup // 2))
-    rows += rows_of("attention", f"train fwd+bwd B={batch} H={heads} N={tokens} D={dim}", stats, "ext",
-                    {"dtype": "fp32", "batch": batch, **extra})
+        stats = interleaved({"ext": ext_train, "sdpa+cls_row": sdpa_train}, max(3, rounds // 2),
+                            max(1, warmup // 2))
+        rows += rows_of("attention", f"train fwd+bwd {layout} B={batch} H={heads} N={tokens} D={dim}", stats,
+                        "ext", {"dtype": "fp32", "batch": batch, **extra})
     return rows
 
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -44,19 +42,8 @@ backend = harness.forced_backend
 
 
 def interleaved(candidates: dict, rounds: int, warmup: int) -> dict:
-    """{name: {median_ms, min_ms, max_ms, rounds}}: every round times each candidate once, order rotating."""
-    names = list(candidates)
-    for name in names:
-        for _ in range(warmup):
-            candidates[name]()
-    times = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            candidates[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t), "max_ms": 1e3 * max(t),
-                   "rounds": rounds} for name, t in times.items()}
+    """Candidates timed round by round on the CPU (harness.time_interleaved)."""
+    return harness.time_interleaved(candidates, CPU, rounds=rounds, warmup=warmup)
 
 
 def rows_of(section, case, stats, ext_name, extra):

@@ -60,31 +60,33 @@ def eval_rows(args, device):
 
 
 def eval_model(args, device, model_name, backend, mode, dtype_name, batch):
+    """One row per sub-network of ``model_name`` (timm's DeiT-S: one row), the sub-networks timed round by round."""
     dtype = DTYPES[dtype_name]
     torch.manual_seed(0)
     is_timm = model_name == TIMM_BASELINE
     model = timm.create_model(model_name).to(device).eval()
     x = torch.randn(batch, 3, 224, 224, device=device)
     subnets = [(None, None)] if is_timm else [(s, r) for s, r in model.subnets()]
-    rows = []
     with harness.forced_backend("auto" if is_timm else backend):
-        for size, ratio in subnets:
-            fn = eval_fn(model, x, size, ratio, mode, device, dtype)
-            t = harness.time_call(fn, device, warmup=args.warmup + (2 if mode != "eager" else 0),
-                                  repeats=args.repeats, min_seconds=args.min_seconds)
-            gmacs = flops("super_deit_s", 224, 1.0) if is_timm else flops(model, size, ratio)
-            rows.append({"kind": "eval", "model": "timm_" + model_name if is_timm else model_name,
-                         "backend": "timm-sdpa" if is_timm else backend, "mode": mode, "dtype": dtype_name,
-                         "batch": batch, "img_size": size or 224, "keep_ratio": ratio or 1.0, "gmacs": round(gmacs, 3),
-                         "median_ms": t["median_s"] * 1e3, "min_ms": t["min_s"] * 1e3, "max_ms": t["max_s"] * 1e3,
-                         "img_per_s": batch / t["median_s"], **harness.conditions(device)})
-            print(f"{rows[-1]['model']:>28} {rows[-1]['backend']:>9} {mode:>7} {dtype_name} b{batch:<4} "
-                  f"({rows[-1]['img_size']}, {rows[-1]['keep_ratio']}) {rows[-1]['median_ms']:9.2f} ms "
-                  f"{rows[-1]['img_per_s']:9.1f} img/s", flush=True)
+        fns = {(size, ratio): eval_fn(model, x, size, ratio, mode, device, dtype) for size, ratio in subnets}
+        stats = harness.time_interleaved(fns, device, rounds=args.repeats,
+                                         warmup=args.warmup + (2 if mode != "eager" else 0),
+                                         min_seconds=args.min_seconds)
+    full_gmacs = flops("super_deit_s" if is_timm else model, 224, 1.0)
+    rows = []
+    for (size, ratio), t in stats.items():
+        gmacs = full_gmacs if is_timm else flops(model, size, ratio)
+        rows.append({"kind": "eval", "model": "timm_" + model_name if is_timm else model_name,
+                     "backend": "timm-sdpa" if is_timm else backend, "mode": mode, "dtype": dtype_name,
+                     "batch": batch, "img_size": size or 224, "keep_ratio": ratio or 1.0, "gmacs": round(gmacs, 3),
+                     **t, "img_per_s": batch / (t["median_ms"] / 1e3), **harness.conditions(device)})
+        print(f"{rows[-1]['model']:>28} {rows[-1]['backend']:>9} {mode:>7} {dtype_name} b{batch:<4} "
+              f"({rows[-1]['img_size']}, {rows[-1]['keep_ratio']}) {t['median_ms']:9.2f} ms "
+              f"{rows[-1]['img_per_s']:9.1f} img/s", flush=True)
     full = next(r for r in rows if r["img_size"] == 224 and r["keep_ratio"] == 1.0)
     for r in rows:
         r["speedup_vs_full"] = full["median_ms"] / r["median_ms"]
-        r["flop_ratio"] = flops("super_deit_s" if is_timm else model, 224, 1.0) / r["gmacs"] if not is_timm else 1.0
+        r["flop_ratio"] = full_gmacs / r["gmacs"]
         r["efficiency"] = r["speedup_vs_full"] / r["flop_ratio"]
     return rows
 
@@ -129,23 +131,26 @@ def train_rows(args, device):
     def four_passes():
         supervit_step(model, x, target, step_subnets, device, dtype)
 
-    measured = {}
-    for name, fn in (("timm_deit_small_step", timm_step), ("supervit_full_pass", full_pass),
-                     ("supervit_4subnet_step", four_passes)):
+    steps = {"timm_deit_small_step": timm_step, "supervit_full_pass": full_pass, "supervit_4subnet_step": four_passes}
+    peaks = {}
+    for name, fn in steps.items():  # peak memory of one call each (this also warms them up)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        t = harness.time_call(fn, device, warmup=1, repeats=max(3, args.repeats // 2))
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-        measured[name] = t["median_s"]
+        fn()
+        harness.sync(device)
+        peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    stats = harness.time_interleaved(steps, device, rounds=max(3, args.repeats // 2), warmup=0)
+    for name, t in stats.items():
         rows.append({"kind": "train", "model": name, "dtype": dtype_name, "batch": batch,
                      "subnets": " ".join(f"({s},{r})" for s, r in step_subnets) if "4subnet" in name else "",
-                     "median_ms": t["median_s"] * 1e3, "min_ms": t["min_s"] * 1e3, "max_ms": t["max_s"] * 1e3,
-                     "img_per_s": batch / t["median_s"], "peak_mem_mib": peak, **harness.conditions(device)})
-        print(f"{name:>24} b{batch} {t['median_s'] * 1e3:9.1f} ms", flush=True)
+                     **t, "img_per_s": batch / (t["median_ms"] / 1e3), "peak_mem_mib": peaks[name],
+                     **harness.conditions(device)})
+        print(f"{name:>24} b{batch} {t['median_ms']:9.1f} ms", flush=True)
     weight = sum(flops("super_deit_s", s, r) for s, r in step_subnets) / flops("super_deit_s", 224, 1.0)
-    expected = measured["supervit_full_pass"] * weight
+    expected = stats["supervit_full_pass"]["median_ms"] * weight
     for r in rows:
-        r["flop_weighted_ratio"] = measured["supervit_4subnet_step"] / expected if "4subnet" in r["model"] else ""
+        r["flop_weighted_ratio"] = (stats["supervit_4subnet_step"]["median_ms"] / expected
+                                    if "4subnet" in r["model"] else "")
     return rows
 
 
@@ -190,7 +195,7 @@ def main(argv=None):
     p.add_argument("--train-batch", type=int, default=32)
     p.add_argument("--no-train", action="store_true", help="skip the training-step rows")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (each round times every sub-network once)")
     p.add_argument("--min-seconds", type=float, default=0.0, help="keep repeating each row at least this long")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
     args = p.parse_args(argv)
@@ -198,13 +203,13 @@ def main(argv=None):
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", harness.device_name(device))
     rows = eval_rows(args, device)
     eval_cols = ["model", "backend", "mode", "dtype", "batch", "img_size", "keep_ratio", "gmacs", "median_ms",
-                 "min_ms", "max_ms", "img_per_s", "speedup_vs_full", "flop_ratio", "efficiency", "device", "torch",
+                 "min_ms", "max_ms", "rounds", "img_per_s", "speedup_vs_full", "flop_ratio", "efficiency", "device", "torch",
                  "triton", "threads", "machine", "command"]
     print("wrote", *harness.write_rows(rows, out, "models_eval", eval_cols))
     plot(rows, os.path.join(out, "models_eval.png"))
     if not args.no_train:
         train = train_rows(args, device)
-        train_cols = ["model", "dtype", "batch", "subnets", "median_ms", "min_ms", "max_ms", "img_per_s",
+        train_cols = ["model", "dtype", "batch", "subnets", "median_ms", "min_ms", "max_ms", "rounds", "img_per_s",
                       "peak_mem_mib", "flop_weighted_ratio", "device", "torch", "threads", "machine", "command"]
         print("wrote", *harness.write_rows(train, out, "models_train", train_cols))
 

@@ -69,20 +69,34 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn, device: torch.device, warmup: int = 2, repeats: int = 5, min_seconds: float = 0.0) -> dict:
-    """Median / min / max seconds of ``fn()`` over ``repeats`` timed calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
+def time_interleaved(candidates: dict, device: torch.device, rounds: int = 5, warmup: int = 2,
+                     min_seconds: float = 0.0) -> dict:
+    """{name: {median_ms, min_ms, max_ms, rounds}} of each ``candidates[name]()``.
+
+    Every candidate is warmed up, then each round times every candidate once, the order rotating from round to
+    round, so that drift and load from other processes hit all of them alike and their ratios stay fair. Rounds
+    continue until ``rounds`` are done and ``min_seconds`` have passed. The device is synchronized around each
+    timed call.
+    """
+    names = list(candidates)
+    for name in names:
+        for _ in range(warmup):
+            candidates[name]()
     sync(device)
-    times = []
+    times = {name: [] for name in names}
     start_all = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start_all < min_seconds:
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
+    done = 0
+    while done < rounds or time.perf_counter() - start_all < min_seconds:
+        shift = done % len(names)
+        for name in names[shift:] + names[:shift]:
+            sync(device)
+            start = time.perf_counter()
+            candidates[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+        done += 1
+    return {name: {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t), "max_ms": 1e3 * max(t),
+                   "rounds": done} for name, t in times.items()}
 
 
 def write_rows(rows: list[dict], folder: str, stem: str, columns: list[str] | None = None) -> tuple[str, str]:

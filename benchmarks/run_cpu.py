@@ -1,7 +1,7 @@
 """`make bench`: the CPU benchmark set, results under benchmarks/results/<device>/ (CSV, markdown, PNG).
 
-Runs the op benchmarks (pytest-benchmark) and the model benchmarks; each writes its own files. Budget: ~15 min
-on a 2-core machine.
+Runs the op benchmarks (pytest-benchmark), the model benchmarks and the batch-1 latency breakdown; each writes
+its own files. Budget: 15 min on a 2-core machine (measured: about 8).
 """
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def main():
     print("wrote", *harness.write_rows(rows, out, "ops", cols))
     subprocess.run([sys.executable, os.path.join(HERE, "bench_models.py"), "--device", "cpu", "--out", out],
                    check=True)
+    subprocess.run([sys.executable, os.path.join(HERE, "bench_latency_breakdown.py"), "--models", "super_deit_s",
+                    "super_lvvit_s", "--batch", "1", "--out", out], check=True)
 
 
 if __name__ == "__main__":

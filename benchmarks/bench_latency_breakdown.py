@@ -1,0 +1,94 @@
+"""Where the time of one forward goes, per sub-network: matrix multiplies, attention, token pruning, the other
+ops, and what is left of the wall time (Python and dispatch between ops).
+
+Explains the batch-size dependence of the efficiency column of bench_models.py: at batch 1 on a CPU the linear
+layers see few rows (65 tokens at 128 px, 10 after the last pruning), so each multiply streams its whole weight
+matrix for little arithmetic, and the per-op overheads weigh as much as at 224 px; the saved FLOPs then turn into
+less time than their share.
+
+    python benchmarks/bench_latency_breakdown.py --device cpu --batch 1
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import timm
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+import supervit  # noqa: E402,F401
+from supervit.models import flops  # noqa: E402
+
+CATEGORIES = {  # profiler op name -> category (self time; ops not listed count as "other ops")
+    "aten::addmm": "matmul", "aten::mm": "matmul", "aten::bmm": "matmul", "aten::matmul": "matmul",
+    "aten::mkldnn_convolution": "matmul", "aten::convolution": "matmul",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "supervit::ext_attention_forward": "attention",
+    "supervit::attention": "attention",
+    "supervit::prune_tokens": "pruning", "supervit::ext_prune_tokens": "pruning",
+}
+CATEGORY_NAMES = ("matmul", "attention", "pruning", "other ops")
+
+
+def breakdown(model, x, size, ratio, iters, device):
+    """(wall ms per forward, {category: self-time ms per forward}) over ``iters`` profiled forwards."""
+    with torch.no_grad():
+        for _ in range(2):
+            model(x, img_size=size, keep_ratio=ratio)
+        harness.sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            model(x, img_size=size, keep_ratio=ratio)
+        harness.sync(device)
+        wall = (time.perf_counter() - start) / iters * 1e3
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(iters):
+                model(x, img_size=size, keep_ratio=ratio)
+    parts = dict.fromkeys(CATEGORY_NAMES, 0.0)
+    for event in prof.key_averages():
+        parts[CATEGORIES.get(event.key, "other ops")] += event.self_cpu_time_total / 1e3 / iters
+    return wall, parts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only (the profiler's CPU self times)")
+    p.add_argument("--models", nargs="+", default=["super_deit_s"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", harness.device_name(device))
+    rows = []
+    for name in args.models:
+        torch.manual_seed(0)
+        model = timm.create_model(name).eval()
+        x = torch.randn(args.batch, 3, 224, 224)
+        full = None
+        for size, ratio in ((224, 1.0), (224, 0.5), (160, 0.5), (128, 1.0), (128, 0.5)):
+            wall, parts = breakdown(model, x, size, ratio, args.iters, device)
+            full = full or (wall, parts)
+            flop_ratio = flops(model, 224, 1.0) / flops(model, size, ratio)
+            row = {"model": name, "batch": args.batch, "img_size": size, "keep_ratio": ratio,
+                   "flop_ratio": flop_ratio, "wall_ms": wall, "efficiency": full[0] / wall / flop_ratio}
+            for cat in CATEGORY_NAMES:
+                row[f"{cat}_ms"] = parts[cat]
+                row[f"{cat}_speedup"] = full[1][cat] / parts[cat] if parts[cat] and full[1][cat] else float("nan")
+            row["between_ops_ms"] = max(0.0, wall - sum(parts.values()))
+            rows.append({**row, **harness.conditions(device)})
+            print(f"{name} b{args.batch} ({size}, {ratio}) wall {wall:7.2f} ms  efficiency {row['efficiency']:.2f}  "
+                  + "  ".join(f"{c} {parts[c]:6.2f} ms (x{row[c + '_speedup']:.2f})" for c in CATEGORY_NAMES)
+                  + f"  between ops {row['between_ops_ms']:5.2f} ms", flush=True)
+    cols = ["model", "batch", "img_size", "keep_ratio", "flop_ratio", "wall_ms", "efficiency"]
+    cols += [f"{c}_{k}" for c in CATEGORY_NAMES for k in ("ms", "speedup")] + ["between_ops_ms", "threads", "device",
+                                                                                "torch", "command"]
+    print("wrote", *harness.write_rows(rows, out, f"latency_breakdown_b{args.batch}", cols))
+
+
+if __name__ == "__main__":
+    main()

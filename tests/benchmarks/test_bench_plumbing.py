@@ -1,0 +1,45 @@
+"""The benchmark plumbing: interleaved timing and the model benchmark's rows, files and efficiency column.
+
+Timings themselves are not asserted (speed claims live in benchmarks/results, never in unit tests).
+"""
+import csv
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+import bench_models  # noqa: E402
+import harness  # noqa: E402
+
+
+def test_time_interleaved_times_every_candidate_once_per_round_in_rotating_order():
+    calls = []
+    candidates = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    stats = harness.time_interleaved(candidates, torch.device("cpu"), rounds=4, warmup=1)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up, one call each
+    rounds = [calls[3 + 3 * r: 6 + 3 * r] for r in range(4)]
+    assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    for s in stats.values():
+        assert s["rounds"] == 4 and 0 <= s["min_ms"] <= s["median_ms"] <= s["max_ms"]
+
+
+def test_model_benchmark_writes_one_row_per_subnet_with_efficiency(tmp_path):
+    bench_models.main(["--device", "cpu", "--models", "super_deit_s", bench_models.TIMM_BASELINE,
+                       "--backends", "auto", "--batches", "1", "--repeats", "1", "--warmup", "0", "--no-train",
+                       "--out", str(tmp_path)])
+    rows = list(csv.DictReader(open(tmp_path / "models_eval.csv")))
+    ours = [r for r in rows if r["model"] == "super_deit_s"]
+    assert len(ours) == 12 and len(rows) == 13
+    assert {(int(r["img_size"]), float(r["keep_ratio"])) for r in ours} == {
+        (s, k) for s in (128, 160, 192, 224) for k in (0.5, 0.7, 1.0)}
+    for r in ours:
+        speedup, flop_ratio, eff = float(r["speedup_vs_full"]), float(r["flop_ratio"]), float(r["efficiency"])
+        assert abs(eff - speedup / flop_ratio) < 1e-9
+        assert flop_ratio >= 1.0
+    full = next(r for r in ours if r["img_size"] == "224" and r["keep_ratio"] == "1.0")
+    assert float(full["efficiency"]) == 1.0 and float(full["flop_ratio"]) == 1.0
+    smallest = next(r for r in ours if r["img_size"] == "128" and r["keep_ratio"] == "0.5")
+    assert abs(float(smallest["flop_ratio"]) - 6.2) < 0.1  # SPEC: 4.6 / 0.74 GMACs
+    assert (tmp_path / "models_eval.md").read_text().startswith("| model |")
+    assert (tmp_path / "models_eval.png").stat().st_size > 1000

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import timm
 import torch
@@ -34,24 +33,15 @@ CATEGORIES = {  # profiler op name -> category (self time; ops not listed count 
 CATEGORY_NAMES = ("matmul", "attention", "pruning", "other ops")
 
 
-def breakdown(model, x, size, ratio, iters, device):
-    """(wall ms per forward, {category: self-time ms per forward}) over ``iters`` profiled forwards."""
-    with torch.no_grad():
-        for _ in range(2):
-            model(x, img_size=size, keep_ratio=ratio)
-        harness.sync(device)
-        start = time.perf_counter()
+def op_times(model, x, size, ratio, iters):
+    """{category: profiler self time in ms per forward} over ``iters`` profiled forwards."""
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(iters):
             model(x, img_size=size, keep_ratio=ratio)
-        harness.sync(device)
-        wall = (time.perf_counter() - start) / iters * 1e3
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(iters):
-                model(x, img_size=size, keep_ratio=ratio)
     parts = dict.fromkeys(CATEGORY_NAMES, 0.0)
     for event in prof.key_averages():
         parts[CATEGORIES.get(event.key, "other ops")] += event.self_cpu_time_total / 1e3 / iters
-    return wall, parts
+    return parts
 
 
 def main(argv=None):
@@ -59,7 +49,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only (the profiler's CPU self times)")
     p.add_argument("--models", nargs="+", default=["super_deit_s"])
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--iters", type=int, default=10, help="timed rounds and profiled forwards per sub-network")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -69,20 +59,28 @@ def main(argv=None):
         torch.manual_seed(0)
         model = timm.create_model(name).eval()
         x = torch.randn(args.batch, 3, 224, 224)
-        full = None
-        for size, ratio in ((224, 1.0), (224, 0.5), (160, 0.5), (128, 1.0), (128, 0.5)):
-            wall, parts = breakdown(model, x, size, ratio, args.iters, device)
-            full = full or (wall, parts)
+        subnets = ((224, 1.0), (224, 0.5), (160, 0.5), (128, 1.0), (128, 0.5))
+
+        def forward(size, ratio):
+            def run():
+                with torch.no_grad():
+                    model(x, img_size=size, keep_ratio=ratio)
+            return run
+        walls = harness.time_interleaved({sub: forward(*sub) for sub in subnets}, device, rounds=args.iters)
+        parts = {sub: op_times(model, x, *sub, args.iters) for sub in subnets}
+        full_ms, full_parts = walls[(224, 1.0)]["median_ms"], parts[(224, 1.0)]
+        for size, ratio in subnets:
+            wall, part = walls[(size, ratio)]["median_ms"], parts[(size, ratio)]
             flop_ratio = flops(model, 224, 1.0) / flops(model, size, ratio)
             row = {"model": name, "batch": args.batch, "img_size": size, "keep_ratio": ratio,
-                   "flop_ratio": flop_ratio, "wall_ms": wall, "efficiency": full[0] / wall / flop_ratio}
+                   "flop_ratio": flop_ratio, "wall_ms": wall, "efficiency": full_ms / wall / flop_ratio}
             for cat in CATEGORY_NAMES:
-                row[f"{cat}_ms"] = parts[cat]
-                row[f"{cat}_speedup"] = full[1][cat] / parts[cat] if parts[cat] and full[1][cat] else float("nan")
-            row["between_ops_ms"] = max(0.0, wall - sum(parts.values()))
+                row[f"{cat}_ms"] = part[cat]
+                row[f"{cat}_speedup"] = full_parts[cat] / part[cat] if part[cat] and full_parts[cat] else float("nan")
+            row["between_ops_ms"] = max(0.0, wall - sum(part.values()))
             rows.append({**row, **harness.conditions(device)})
             print(f"{name} b{args.batch} ({size}, {ratio}) wall {wall:7.2f} ms  efficiency {row['efficiency']:.2f}  "
-                  + "  ".join(f"{c} {parts[c]:6.2f} ms (x{row[c + '_speedup']:.2f})" for c in CATEGORY_NAMES)
+                  + "  ".join(f"{c} {part[c]:6.2f} ms (x{row[c + '_speedup']:.2f})" for c in CATEGORY_NAMES)
                   + f"  between ops {row['between_ops_ms']:5.2f} ms", flush=True)
     cols = ["model", "batch", "img_size", "keep_ratio", "flop_ratio", "wall_ms", "efficiency"]
     cols += [f"{c}_{k}" for c in CATEGORY_NAMES for k in ("ms", "speedup")] + ["between_ops_ms", "threads", "device",

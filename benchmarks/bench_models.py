@@ -156,32 +156,45 @@ def train_rows(args, device):
 
 
 def plot(rows, path):
-    """Throughput vs GMACs: one curve per token grid and model/backend/mode, timm as reference points."""
+    """Throughput vs GMACs, one panel per batch size: one curve per model/backend/mode/dtype through its 12
+    sub-networks, a dashed "every saved FLOP becomes time" curve per model, timm's DeiT-S as reference points."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    batch = max(r["batch"] for r in rows)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    groups = {}
-    for r in rows:
-        if r["batch"] == batch:
-            groups.setdefault((r["model"], r["backend"], r["mode"], r["dtype"]), []).append(r)
-    for (model, backend, mode, dtype), group in groups.items():
-        if model.startswith("timm_"):
-            ax.scatter([r["gmacs"] for r in group], [r["img_per_s"] for r in group], marker="*", s=160, zorder=5,
-                       label=f"timm deit_small (SDPA) {mode} {dtype}")
-            continue
-        for size in sorted({r["img_size"] for r in group}):
-            pts = sorted((r["gmacs"], r["img_per_s"]) for r in group if r["img_size"] == size)
-            ax.plot(*zip(*pts), marker="o", label=f"{model} {backend} {mode} {dtype} {size}px")
-    ax.set_xlabel("GMACs per image")
-    ax.set_ylabel(f"images / s (batch {batch})")
-    ax.set_title(f"SuperViT sub-networks: throughput vs cost ({rows[0]['device']})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5), squeeze=False)
+    models = sorted({r["model"] for r in rows if not r["model"].startswith("timm_")})
+    colors = {m: f"C{i}" for i, m in enumerate(models)}
+    for ax, batch in zip(axes[0], batches):
+        groups = {}
+        for r in rows:
+            if r["batch"] == batch:
+                groups.setdefault((r["model"], r["backend"], r["mode"], r["dtype"]), []).append(r)
+        ideal_drawn = set()
+        for (model, backend, mode, dtype), group in sorted(groups.items()):
+            label = f"{backend} {mode} {dtype}"
+            if model.startswith("timm_"):
+                ax.scatter([r["gmacs"] for r in group], [r["img_per_s"] for r in group], marker="*", s=180,
+                           color="k", zorder=5, label=f"timm deit_small (SDPA) {mode} {dtype}")
+                continue
+            pts = sorted((r["gmacs"], r["img_per_s"]) for r in group)
+            ax.plot(*zip(*pts), marker="o", ms=4, color=colors[model], ls="-" if backend == "auto" else ":",
+                    label=f"{model} {label}")
+            full = next(r for r in group if r["img_size"] == 224 and r["keep_ratio"] == 1.0)
+            if model not in ideal_drawn:
+                ideal_drawn.add(model)
+                xs = [x for x, _ in pts]
+                ax.plot(xs, [full["img_per_s"] * full["gmacs"] / x for x in xs], ls="--", lw=0.8,
+                        color=colors[model], alpha=0.6, label=f"{model} ideal (efficiency 1)")
+        ax.set_xlabel("GMACs per image")
+        ax.set_ylabel("images / s")
+        ax.set_title(f"batch {batch}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"SuperViT sub-networks: throughput vs cost ({rows[0]['device']}, {rows[0]['threads']} threads)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -134,6 +134,7 @@ def test_cuda_attention_matches_reference(dtype, dim):
     q, k, v, go = (torch.randn(2, 6, 197, dim, generator=g).to(dtype).cuda() for _ in range(4))
     gs = torch.randn(2, 196, generator=g).cuda().to(reference.compute_dtype(dtype))
     got = ext.attention_forward(q, k, v, dim ** -0.5, True)
+    assert got[0].transpose(1, 2).is_contiguous(), "out must be stored token-major on CUDA too"
     want = reference.attention_forward(q.double(), k.double(), v.double(), dim ** -0.5, True)
     tol = {torch.float32: 2e-3, torch.bfloat16: 3e-2, torch.float64: 1e-10}[dtype]  # fp32 may run as TF32
     for a, b in zip(got, want):

@@ -36,6 +36,7 @@ def _run_attention(batch, heads, tokens, dim, dtype, mode, seed=0):
     scale = dim ** -0.5
     use_out, use_score = mode in ("out", "both"), mode in ("score", "both")
     out, score, lse = tb.attention_forward(q, k, v, scale, True)
+    assert out.transpose(1, 2).is_contiguous(), "out must be stored token-major"
     grads = tb.attention_backward(go if use_out else torch.zeros_like(go), gs if use_score else gs[:, :0],
                                   q, k, v, out, lse, scale, use_score)
     truth = attention_truth(q, k, v, scale, go if use_out else None, gs if use_score else None)

@@ -28,6 +28,11 @@ def check_same_device(**tensors) -> None:
         raise ValueError(f"tensors must be on one device, got {devices}")
 
 
+def is_plain_int(value) -> bool:
+    """A Python int that is not a bool (``True`` is an int to Python, never a size or an index here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_keep_ratio(keep_ratio) -> float:
     """A finite float in (0, 1]."""
     try:

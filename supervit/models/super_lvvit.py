@@ -6,6 +6,7 @@ from torch import nn
 from timm.layers import trunc_normal_
 from timm.models import register_model
 
+from ..kernels.validation import is_plain_int
 from .layers import ConvStemPatchEmbed
 from .super_deit import _model_kwargs, _reject_pretrained
 from .super_vit import SuperVisionTransformer, scaled_box
@@ -26,8 +27,7 @@ def mix_region(x: torch.Tensor, box: Box, spatial_dims: tuple[int, int]) -> torc
 
 def check_box(box, grid: int) -> None:
     """``box`` = (h1, w1, h2, w2) ints with 0 <= h1 <= h2 <= grid and 0 <= w1 <= w2 <= grid."""
-    ok = isinstance(box, (tuple, list)) and len(box) == 4 and all(isinstance(c, int) and not isinstance(c, bool)
-                                                                  for c in box)
+    ok = isinstance(box, (tuple, list)) and len(box) == 4 and all(is_plain_int(c) for c in box)
     if not ok or not (0 <= box[0] <= box[2] <= grid and 0 <= box[1] <= box[3] <= grid):
         raise ValueError(f"mix_box must be (h1, w1, h2, w2) ints on the {grid}x{grid} grid of the largest size with "
                          f"0 <= h1 <= h2 <= {grid} and 0 <= w1 <= w2 <= {grid}, got {box!r}")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import trunc_normal_
 
-from ..kernels.validation import check_keep_ratio
+from ..kernels.validation import check_keep_ratio, is_plain_int
 from .layers import Block, PatchEmbed
 
 
@@ -165,7 +165,7 @@ class SuperVisionTransformer(nn.Module):
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_plain_int(value) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
 
@@ -175,11 +175,10 @@ def check_config(img_sizes, keep_ratios, prune_layers, patch_size, in_chans, num
     for name, value in (("patch_size", patch_size), ("in_chans", in_chans), ("embed_dim", embed_dim),
                         ("depth", depth)):
         _positive_int(name, value)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+    if not is_plain_int(num_classes) or num_classes < 0:
         raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
     sizes = list(img_sizes) if isinstance(img_sizes, (list, tuple)) else None
-    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < patch_size or s % patch_size
-                        for s in sizes):
+    if not sizes or any(not is_plain_int(s) or s < patch_size or s % patch_size for s in sizes):
         raise ValueError(f"img_sizes must be a non-empty list of ints, each a positive multiple of patch_size "
                          f"{patch_size}, got {img_sizes!r}")
     if sizes != sorted(set(sizes)):
@@ -192,7 +191,7 @@ def check_config(img_sizes, keep_ratios, prune_layers, patch_size, in_chans, num
             check_keep_ratio(ratio)
         except ValueError:
             raise ValueError(f"keep_ratios must be numbers in (0, 1], got {keep_ratios!r}") from None
-    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth for i in prune_layers):
+    if any(not is_plain_int(i) or not 0 <= i < depth for i in prune_layers):
         raise ValueError(f"prune_layers must be block indices in [0, {depth - 1}], got {tuple(prune_layers)}")
 
 

@@ -82,11 +82,6 @@ def bench_prune(rounds, warmup, extra):
     return rows_of("prune", case, stats, "ext", {"dtype": "fp32", "batch": batch, **extra})
 
 
-def cls_row_score(q, k, scale):
-    """The separate CLS-row computation: head-mean softmax(q0 k^T * scale) at the patch keys, [B, N-1]."""
-    return torch.softmax((q[:, :, :1] @ k.transpose(-2, -1)) * scale, dim=-1)[:, :, 0, 1:].mean(dim=1)
-
-
 def attention_inputs(batch, heads, tokens, dim, layout, gen, requires_grad=False):
     """q, k, v [B, H, N, D]: views of one fused qkv projection output [B, N, 3, H, D] (``qkv-views``, how the
     models call attention) or three contiguous tensors (``contiguous``)."""
@@ -119,7 +114,7 @@ def bench_attention(rounds, warmup, extra, batches=(32, 64), layouts=("qkv-views
             def sdpa_eval():
                 with torch.no_grad():
                     out = F.scaled_dot_product_attention(q, k, v, scale=scale)
-                    return merge_heads(out), cls_row_score(q, k, scale)
+                    return merge_heads(out), harness.cls_row_score(q, k, scale)
 
             def sdpa_only():
                 with torch.no_grad():
@@ -144,7 +139,7 @@ def bench_attention(rounds, warmup, extra, batches=(32, 64), layouts=("qkv-views
 
         def sdpa_train():
             out = F.scaled_dot_product_attention(*qkv, scale=scale)
-            score = cls_row_score(qkv[0], qkv[1], scale)
+            score = harness.cls_row_score(qkv[0], qkv[1], scale)
             return torch.autograd.grad((merge_heads(out) * go).sum() + (score * gs).sum(), leaves)
 
         stats = interleaved({"ext": ext_train, "sdpa+cls_row": sdpa_train}, max(3, rounds // 2),

@@ -64,6 +64,12 @@ def forced_backend(name: str | None):
             os.environ["SUPERVIT_BACKEND"] = old
 
 
+def cls_row_score(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """The baseline our attention+score is measured against: the CLS row computed apart from the attention,
+    head-mean softmax(q0 k^T * scale) at the patch keys, [B, N-1] from q, k [B, H, N, D]."""
+    return torch.softmax((q[:, :, :1] @ k.transpose(-2, -1)) * scale, dim=-1)[:, :, 0, 1:].mean(dim=1)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -112,7 +112,8 @@ if not _LOAD_ERROR:
     def _(q, k, v, scale, return_cls_score):
         batch, heads, tokens, dim = q.shape
         acc = compute_dtype(q.dtype)
-        return (empty_token_major(batch, heads, tokens, dim, q), q.new_empty((batch, tokens - 1 if return_cls_score else 0), dtype=acc),
+        score_len = tokens - 1 if return_cls_score else 0
+        return (empty_token_major(batch, heads, tokens, dim, q), q.new_empty((batch, score_len), dtype=acc),
                 q.new_empty((batch, heads, tokens), dtype=acc))
 
     @torch.library.register_fake("supervit::ext_attention_backward")

@@ -1,9 +1,10 @@
 """Triton kernels of the fused attention: a flash-style forward that also yields the CLS score, and its backward.
 
 Layout: q, k, v are contiguous [B, H, N, D]; out is [B, H, N, D] stored token-major ([B, N, H, D] contiguous, as
-every backend returns it, so that merging heads is a free view); the kernels address out through its strides. A flat grid runs over (b * H + h, row block). Logits live in the
-log2 domain (q.k * scale * log2(e)) so the kernels use exp2; ``lse`` is stored in natural-log units, as the
-reference backend stores it, so forward and backward of different backends stay interchangeable.
+every backend returns it, so that merging heads is a free view); the kernels address out through its strides. A
+flat grid runs over (b * H + h, row block). Logits live in the log2 domain (q.k * scale * log2(e)) so the kernels
+use exp2; ``lse`` is stored in natural-log units, as the reference backend stores it, so forward and backward of
+different backends stay interchangeable.
 
 CLS score without the N x N matrix: the forward program that owns query row 0 stores that row's raw logits
 (one fp32 row per head, [B, H, N]); a tiny second kernel turns them into ``mean_h exp(s - lse)`` over the
@@ -47,6 +48,12 @@ def _block_and_head(N, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _out_rows(bh, offs_m, offs_d, H, so_b, so_h, so_n):
+    """[BLOCK_M, D] offsets of rows ``offs_m`` of head b*H+h in ``out``, addressed through its strides."""
+    return (bh // H) * so_b + (bh % H) * so_h + offs_m[:, None] * so_n + offs_d[None, :]
+
+
+@triton.jit
 def _fwd_block(acc, m_i, l_i, q, K, V, S0, start, offs_d, N, qk_scale, first_rows,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                MASK: tl.constexpr, STORE_S0: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -84,7 +91,6 @@ def _attn_fwd_kernel(Q, K, V, Out, Lse, S0, N, N_BUCKET, qk_scale, H, so_b, so_h
     Q += base
     K += base
     V += base
-    Out += (bh // H) * so_b + (bh % H) * so_h
     S0 += bh * N
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] query ids
     offs_d = tl.arange(0, HEAD_DIM)
@@ -103,7 +109,7 @@ def _attn_fwd_kernel(Q, K, V, Out, Lse, S0, N, N_BUCKET, qk_scale, H, so_b, so_h
         acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, K, V, S0, n_full, offs_d, N, qk_scale, first_rows,
                                    BLOCK_M, BLOCK_N, HEAD_DIM, True, STORE_S0, DOT_PREC)
     out = acc / l_i[:, None]
-    o_off = offs_m[:, None] * so_n + offs_d[None, :]  # [BLOCK_M, D]
+    o_off = _out_rows(bh, offs_m, offs_d, H, so_b, so_h, so_n)  # [BLOCK_M, D]
     tl.store(Out + o_off, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     tl.store(Lse + bh * N + offs_m, (m_i + tl.math.log2(l_i)) * _LN2, mask=row_ok)
 
@@ -136,7 +142,7 @@ def _bwd_delta_kernel(O, DO, Q, K, Lse, GS, Delta, N, H, qk_scale, so_b, so_h, s
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < N
     off = base + offs_m[:, None] * HEAD_DIM + offs_d[None, :]  # [BLOCK_M, D]
-    o_off = (bh // H) * so_b + (bh % H) * so_h + offs_m[:, None] * so_n + offs_d[None, :]  # out through its strides
+    o_off = _out_rows(bh, offs_m, offs_d, H, so_b, so_h, so_n)  # out through its strides
     o = tl.load(O + o_off, mask=row_ok[:, None], other=0.0).to(tl.float32)
     do = tl.load(DO + off, mask=row_ok[:, None], other=0.0).to(tl.float32)
     delta = tl.sum(o * do, 1)  # [BLOCK_M]
@@ -394,8 +400,9 @@ def attention_bwd(grad_out, grad_score, q, k, v, out, lse, scale: float, has_sco
     """Gradients (dq, dk, dv) of ``attention_fwd`` for upstream grads on out and (optionally) on score.
 
     Args:
-        grad_out, q, k, v, out: [B, H, N, D] (out in any layout with a unit last-dim stride); grad_score: [B, N-1] fp32 (read only when ``has_score_grad``);
-        lse: [B, H, N] fp32 from the forward; blocks: (BLOCK_SMALL, BLOCK_BIG) to bypass autotuning.
+        grad_out, q, k, v, out: [B, H, N, D] (out in any layout with a unit last-dim stride);
+        grad_score: [B, N-1] fp32 (read only when ``has_score_grad``); lse: [B, H, N] fp32 from the forward;
+        blocks: (BLOCK_SMALL, BLOCK_BIG) to bypass autotuning.
     """
     batch, heads, tokens, dim = q.shape
     dp = _padded_dim(dim)

@@ -188,8 +188,7 @@ def _run(args, recipe, info):
         marks = (data_lib.skipped_images(train_set), data_lib.skipped_images(eval_set))
         stats = train_one_epoch(ctx, loader, epoch, rng, scheduler=scheduler, updates_per_epoch=updates_per_epoch,
                                 max_steps=args.max_steps_per_epoch, progress=not args.no_progress)
-        last = epoch == total_epochs - 1
-        full_table = last or (args.eval_interval and (epoch + 1) % args.eval_interval == 0)
+        full_table = epoch == total_epochs - 1 or (args.eval_interval and (epoch + 1) % args.eval_interval == 0)
         eval_model = ema.module if (recipe.eval_uses_ema and ema is not None) else model
         subnets = model.subnets() if full_table else [(model.img_sizes[-1], 1.0)]
         metrics = evaluate(eval_model, val_loader, subnets, amp, info, reduce=args.dist_eval and info.distributed,
@@ -223,11 +222,11 @@ def _run(args, recipe, info):
                     "num_samples": metrics["num_samples"], "train_time_s": time.time() - run_start,
                     "best_" + key: best[0], "world_size": info.world_size})
     if args.output_dir and info.is_main and stop_epoch > start_epoch:
-        last = os.path.join(args.output_dir, checkpointing.FORMATS[recipe.ckpt_format]["last"])
+        last_ckpt = os.path.join(args.output_dir, checkpointing.FORMATS[recipe.ckpt_format]["last"])
         script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "train/main_*.py"
         log(info, f"done in {time.time() - run_start:.0f}s. Results: {args.output_dir}/results.json, results.csv, "
-                  f"accuracy_vs_gmacs.png, log.jsonl; checkpoint {last}\nre-evaluate with: python {script}"
-                  f"{' --demo' if args.demo else ''} --eval --resume {last}")
+                  f"accuracy_vs_gmacs.png, log.jsonl; checkpoint {last_ckpt}\nre-evaluate with: python {script}"
+                  f"{' --demo' if args.demo else ''} --eval --resume {last_ckpt}")
     if args.dump_rank_weights and args.output_dir:
         torch.save(model.state_dict(), os.path.join(args.output_dir, f"weights_rank{info.rank}.pth"))
     return metrics

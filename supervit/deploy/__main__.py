@@ -1,0 +1,51 @@
+"""``python -m supervit.deploy``: profile / choose / cascade / export.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``main(args) -> int``; the
+module is imported only when its subcommand runs, so ``--help`` stays fast. A ``DeployError`` (or ``ValueError``)
+raised by a subcommand is printed as one line and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module under supervit.deploy that implements it, one-line help)
+SUBCOMMANDS = {
+    "profile": ("cli_profile", "measure latency/throughput of every sub-network; save the profile"),
+    "choose": ("cli_choose", "the best sub-network under a latency / GMACs / accuracy budget"),
+    "cascade": ("cli_cascade", "fit and evaluate a confidence cascade of sub-networks"),
+    "export": ("cli_export", "export one sub-network to ONNX, .pt2 or an AOTInductor package"),
+}
+
+
+def _module(name: str):
+    return importlib.import_module(f"supervit.deploy.{SUBCOMMANDS[name][0]}")
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m supervit.deploy", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if name in argv:  # import (and so fill in) only the subcommand that is asked for
+            _module(name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    from .errors import DeployError
+    try:
+        return int(_module(args.command).main(args) or 0)
+    except (DeployError, ValueError) as err:
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

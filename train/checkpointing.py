@@ -5,8 +5,13 @@
 * timm saver (``main_lvvit.py``): ``{epoch, arch, state_dict, optimizer, version, args, amp_scaler,
   state_dict_ema, metric}`` in ``last.pth.tar`` and ``model_best.pth.tar``.
 
-Both add ``lr_scheduler`` (timm's saver lacks it) and a ``supervit`` dict (best metric so far, format version);
-reference tools ignore extra keys. Files are written to a temporary file in the same folder, fsync'ed, then renamed
+Both add ``lr_scheduler`` (timm's saver lacks it) and a ``supervit`` dict; reference tools ignore extra keys:
+
+    {"best_metric", "best_epoch", "format_version",
+     "model_config": {"arch", "kwargs"} (rebuilds the model without the training code),
+     "accuracy": {"epoch", "ema", "num_images", "dataset",
+                  "rows": [{"img_size", "keep_ratio", "acc1", "acc5", "gmacs"}, ...]}  (latest full evaluation)}
+ Files are written to a temporary file in the same folder, fsync'ed, then renamed
 over the target (``os.replace``), so a crash never leaves a half-written checkpoint under the final name.
 ``args`` is stored as an ``argparse.Namespace`` of plain values, which ``supervit.models.read_checkpoint`` allows.
 """
@@ -96,11 +101,14 @@ def plain_namespace(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{k: plain_value(v) for k, v in vars(args).items()})
 
 
-def build_checkpoint(fmt: str, *, model, optimizer, scheduler, scaler, ema, epoch: int, args, metric, best) -> dict:
-    """The checkpoint dict of format ``fmt`` ('deit' or 'timm')."""
+def build_checkpoint(fmt: str, *, model, optimizer, scheduler, scaler, ema, epoch: int, args, metric, best,
+                     run_info: dict | None = None) -> dict:
+    """The checkpoint dict of format ``fmt`` ('deit' or 'timm'); ``run_info`` (plain values: model_config,
+    accuracy) goes into the ``supervit`` dict."""
     ema_state = ema.module.state_dict() if ema is not None else None
     scaler_state = scaler.state_dict() if scaler is not None else None
-    extra = {"best_metric": best[0], "best_epoch": best[1], "format_version": FORMAT_VERSION}
+    extra = {"best_metric": best[0], "best_epoch": best[1], "format_version": FORMAT_VERSION,
+             **plain_value(dict(run_info or {}))}
     if fmt == "deit":
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "lr_scheduler": scheduler.state_dict() if scheduler is not None else None, "epoch": epoch,
@@ -185,7 +193,8 @@ def load_model_weights(model, state: dict, path: str):
 
 
 def resume(path: str, *, model, optimizer=None, scheduler=None, scaler=None, ema=None) -> dict:
-    """Restore a run from a checkpoint of either format; returns {'start_epoch', 'best_metric', 'best_epoch'}.
+    """Restore a run from a checkpoint of either format; returns {'start_epoch', 'best_metric', 'best_epoch',
+    'accuracy'} (the last full evaluation it records, or None).
 
     The optimizer, scheduler, scaler and EMA are restored when given and present in the file.
     """
@@ -208,4 +217,4 @@ def resume(path: str, *, model, optimizer=None, scheduler=None, scaler=None, ema
     extra = ckpt.get("supervit") or {}
     epoch = int(ckpt.get("epoch", -1))
     return {"start_epoch": epoch + 1, "best_metric": extra.get("best_metric", ckpt.get("metric")),
-            "best_epoch": extra.get("best_epoch")}
+            "best_epoch": extra.get("best_epoch"), "accuracy": extra.get("accuracy")}

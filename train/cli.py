@@ -1,8 +1,14 @@
-"""Command-line pieces both scripts share: our additions to the reference flags, demo defaults, validation."""
+"""Command-line pieces both scripts share: our additions to the reference flags, demo defaults, validation, and the
+script entry point that turns a user error into one line on stderr and exit code 2.
+
+Nothing here imports torch or timm, so ``--help`` and argument errors answer at once.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import textwrap
 
 # The embedded demo's recipe (flags the user passes explicitly still win). Chosen by measurement on 2 CPU cores.
 DEMO_DEFAULTS = dict(
@@ -12,6 +18,43 @@ DEMO_DEFAULTS = dict(
     amp_dtype="float32", dist_eval=True,
 )
 
+EPILOG = """\
+Without a data path (or with --demo) the script trains the embedded digits demo; the demo changes these defaults:
+  {demo}
+Sub-networks are written SIZE:KEEP (image side in pixels : token keep rate), e.g. --subnets 224:1,224:0.7,160:1.
+User errors print one line and exit with code 2; set SUPERVIT_DEBUG=1 to see the traceback instead.
+"""
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot work (named in the message with what would)."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (except None and off switches) after its help text."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, argparse.SUPPRESS) \
+                or isinstance(action, argparse._StoreFalseAction):
+            return text
+        if action.nargs == 0:  # switches: say so only when one is on by default
+            return f"{text} (default: on)" if default is True else text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(str(v) for v in default)
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+def make_parser(prog_description: str, demo_overrides: dict | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser with defaults shown and the shared epilog (demo defaults, sub-network syntax, exit codes)."""
+    demo = {**DEMO_DEFAULTS, **(demo_overrides or {})}
+    shown = ", ".join(f"{k.replace('_', '-')} {({True: 'on', False: 'off'}.get(v, v) if isinstance(v, bool) else v)}"
+                      for k, v in demo.items())
+    shown = "\n  ".join(textwrap.wrap(shown, 110, break_on_hyphens=False))
+    return argparse.ArgumentParser(description=prog_description, formatter_class=HelpFormatter,
+                                   epilog=EPILOG.format(demo=shown))
+
 
 def add_common_arguments(parser: argparse.ArgumentParser):
     """Flags of ours that both scripts accept (beside each reference script's own)."""
@@ -20,26 +63,41 @@ def add_common_arguments(parser: argparse.ArgumentParser):
                        help="train/evaluate the embedded digits demo (the default when no data path is given)")
     group.add_argument("--demo-aug", action="store_true",
                        help="demo: random affine augmentation of the digits (slower to converge; off by default)")
+    group.add_argument("--subnets", default=None, type=parse_subnets, metavar="SIZE:KEEP[,SIZE:KEEP...]",
+                       help="train and evaluate only these sub-networks (default: all 12); training needs the full "
+                            "keep (SIZE:1) of every size listed, which teaches that size's reduced keeps")
     group.add_argument("--autoresume", action="store_true",
                        help="resume from the last checkpoint in the output folder when there is one")
+    group.add_argument("--finetune-partial", action="store_true",
+                       help="with --finetune: load what fits even when trunk tensors are missing or of another "
+                            "shape (the default refuses, naming them)")
     group.add_argument("--kd-teacher", choices=["group", "full"], default=None,
-                       help="teacher of the reduced-keep sub-networks: 'group' = own size's full keep (DeiT recipe),"
-                            " 'full' = the largest full sub-network for both (LV-ViT reference)")
+                       help="teacher of the reduced-keep sub-networks: 'group' = own size's full keep (DeiT "
+                            "default), 'full' = the largest full sub-network for both (LV-ViT default)")
     group.add_argument("--amp-dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                        help="autocast dtype; auto = float16 + GradScaler on CUDA (when AMP is on), float32 on CPU")
     group.add_argument("--clip-mode", default="norm", choices=["norm", "value", "agc"],
                        help="gradient clipping mode (timm dispatch_clip_grad)")
     group.add_argument("--eval-interval", type=int, default=1,
-                       help="full 12-sub-network evaluation every N epochs (and at the end); 0 = at the end only. "
-                            "Other epochs evaluate the largest full sub-network only")
-    group.add_argument("--eval-batch-size", type=int, default=None)
+                       help="full evaluation of every sub-network every N epochs (and at the end); 0 = at the end "
+                            "only. Other epochs evaluate the largest full sub-network only")
+    group.add_argument("-vb", "--eval-batch-size", "--validation-batch-size", dest="eval_batch_size", type=int,
+                       default=None,
+                       help="evaluation batch per process (default: 1.5 x --batch-size)")
     group.add_argument("--sched-on-updates", action="store_true",
                        help="step the LR schedule every optimizer update instead of every epoch")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     group.add_argument("--local_rank", "--local-rank", type=int, default=None,
                        help="accepted for torch.distributed.launch; torchrun's LOCAL_RANK is used when set")
     group.add_argument("--epochs-this-run", type=int, default=0,
-                       help="stop after this many epochs (schedule unchanged); continue later with --autoresume")
+                       help="stop after this many epochs (schedule unchanged); continue later with --autoresume; "
+                            "0 = run to the end")
+    group.add_argument("--max-steps-per-epoch", type=int, default=0,
+                       help="cut every epoch after this many steps (quick trials; the schedule counts these steps); "
+                            "0 = the whole training set")
+    group.add_argument("--model-kwargs", default=None, metavar="JSON",
+                       help="JSON object of model constructor overrides, e.g. '{\"depth\": 6, \"prune_layers\": "
+                            "[1, 3, 5]}'; recorded in the checkpoints")
     group.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     group.add_argument("--strict-data", action="store_true",
                        help="an unreadable/corrupt image is an error naming the file (default: skip it, count it "
@@ -48,23 +106,53 @@ def add_common_arguments(parser: argparse.ArgumentParser):
                        help="stop with an error after this many consecutive steps with a NaN/inf loss (each such "
                             "step is skipped, as AMP's scaler does)")
     group.add_argument("--dump-rank-weights", action="store_true", help=argparse.SUPPRESS)  # tests: weights/rank
-    group.add_argument("--model-kwargs", default=None, help=argparse.SUPPRESS)  # JSON overrides of the model
-    group.add_argument("--max-steps-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def parse_subnets(text: str) -> list[tuple[int, float]]:
+    """'224:1,160:0.5' -> [(224, 1.0), (160, 0.5)]; 'all' -> None is not accepted here (omit the flag)."""
+    pairs = []
+    for item in text.split(","):
+        size, sep, keep = item.strip().partition(":")
+        try:
+            pair = (int(size), float(keep))
+        except ValueError:
+            pair = None
+        if not sep or pair is None or not 0.0 < pair[1] <= 1.0:
+            raise argparse.ArgumentTypeError(f"expected SIZE:KEEP pairs separated by commas (e.g. 224:1,160:0.5), "
+                                             f"got {item.strip()!r}")
+        pairs.append(pair)
+    if len(set(pairs)) != len(pairs):
+        raise argparse.ArgumentTypeError(f"a sub-network is listed twice in {text!r}")
+    return pairs
 
 
 def wants_demo(argv: list[str], data_given) -> bool:
     return "--demo" in argv or not data_given(argv)
 
 
+def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options written on the command line (``--opt`` or ``--opt=value``)."""
+    given = set()
+    for action in parser._actions:
+        for flag in action.option_strings:
+            if any(a == flag or (flag.startswith("--") and a.startswith(flag + "=")) for a in argv):
+                given.add(action.dest)
+    return given
+
+
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None, demo: bool,
           demo_overrides: dict | None = None) -> argparse.Namespace:
-    """Parse ``argv`` with the demo defaults (updated by ``demo_overrides``) when ``demo``; explicit flags win."""
+    """Parse ``argv`` with the demo defaults (updated by ``demo_overrides``) when ``demo``; explicit flags win.
+
+    ``args.explicit`` lists the options the user wrote (e.g. to tell ``--epochs 300`` from the default).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if demo:
+    if demo and not {"-h", "--help"} & set(argv):  # help shows the recipe's defaults; the epilog the demo's
         defaults = {**DEMO_DEFAULTS, **(demo_overrides or {})}
         parser.set_defaults(**{k: v for k, v in defaults.items() if _has_dest(parser, k)})
     args = parser.parse_args(argv)
     args.demo = demo
+    args.explicit = sorted(explicit_dests(parser, argv))
     return args
 
 
@@ -84,3 +172,33 @@ def check_args(args, parser: argparse.ArgumentParser):
         parser.error(f"--clip-grad must be > 0, got {args.clip_grad}")
     if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
         parser.error(f"Mixup/CutMix need an even --batch-size, got {args.batch_size}")
+    if args.cooldown_epochs is not None and args.cooldown_epochs < 0:
+        parser.error(f"--cooldown-epochs must be >= 0, got {args.cooldown_epochs}")
+    if args.finetune_partial and not args.finetune:
+        parser.error("--finetune-partial needs --finetune PATH")
+
+
+def user_error_types() -> tuple[type, ...]:
+    """Exceptions that mean 'the input was wrong' (reported in one line): ValueError (our UsageError, data and
+    config errors) and the checkpoint reader's error."""
+    types: list[type] = [ValueError]
+    if "supervit.models" in sys.modules:
+        types.append(sys.modules["supervit.models"].CheckpointError)
+    return tuple(types)
+
+
+def run_script(main, argv: list[str] | None = None) -> int:
+    """Run ``main(argv)``; a user error becomes ``<script>: error: <message>`` on stderr and exit code 2."""
+    try:
+        main(argv)
+    except user_error_types() as err:
+        if os.environ.get("SUPERVIT_DEBUG"):
+            raise
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "train"
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+    return 0

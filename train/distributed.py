@@ -42,7 +42,8 @@ def init_distributed(device: str | None = None, local_rank_arg: int | None = Non
     if device is None or device == "":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} was asked for but CUDA is not available; use --device cpu")
+        raise ValueError(f"--device {device} was asked for but CUDA is not available here; use --device cpu (or "
+                         "omit --device: CUDA when available, else CPU)")
     if device.startswith("cuda"):
         torch.cuda.set_device(local_rank if device == "cuda" else torch.device(device).index or 0)
         dev = torch.device("cuda", torch.cuda.current_device())

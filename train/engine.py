@@ -1,4 +1,4 @@
-"""The shared engine: the 4-sub-network training step (SPEC section 4) and the 12-sub-network evaluation (section 5).
+"""The shared engine: the 4-sub-network training step and the 12-sub-network evaluation.
 
 One optimizer step: sample ``[(L, 1), (L, r1), (s, 1), (s, r2)]`` (L the largest image size, s uniform among the
 others, r1 and r2 uniform among the keep rates below 1); zero the gradients once; for each sub-network forward,
@@ -42,13 +42,33 @@ def subnet_key(img_size: int, keep_ratio: float) -> str:
     return f"{int(img_size)}_{float(keep_ratio):g}"
 
 
-def sample_subnets(rng: random.Random, img_sizes, keep_ratios) -> list[Subnet]:
-    """``[(L, 1), (L, r1), (s, 1), (s, r2)]`` drawn with ``rng``."""
+def sample_subnets(rng: random.Random, img_sizes, keep_ratios, allowed=None) -> list[Subnet | None]:
+    """``[(L, 1), (L, r1), (s, 1), (s, r2)]`` drawn with ``rng``.
+
+    ``allowed`` (a set of (img_size, keep_ratio), from ``--subnets``): draw from it only; L is its largest size,
+    and a slot it cannot fill (no smaller size, or no reduced keep of that size) is None and is not trained.
+    """
+    if allowed is not None:
+        return _sample_allowed(rng, allowed)
     largest, others = img_sizes[-1], list(img_sizes[:-1]) or [img_sizes[-1]]
     reduced = [r for r in keep_ratios if r < 1.0] or [1.0]
     small = rng.choice(others)
     r1, r2 = rng.choice(reduced), rng.choice(reduced)
     return [(largest, 1.0), (largest, r1), (small, 1.0), (small, r2)]
+
+
+def _sample_allowed(rng: random.Random, allowed) -> list[Subnet | None]:
+    sizes = sorted({int(size) for size, _ in allowed})
+    largest, others = sizes[-1], sizes[:-1]
+
+    def reduced(size):
+        return sorted(r for s, r in allowed if s == size and r < 1.0)
+
+    small = rng.choice(others) if others else None
+    r1 = rng.choice(reduced(largest)) if reduced(largest) else None
+    r2 = rng.choice(reduced(small)) if small is not None and reduced(small) else None
+    return [(largest, 1.0), (largest, r1) if r1 is not None else None, (small, 1.0) if small is not None else None,
+            (small, r2) if r2 is not None else None]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -127,23 +147,29 @@ def zero_grads(module: nn.Module, optimizer: torch.optim.Optimizer):
             param.grad = torch.zeros_like(param)
 
 
-def _sync_context(ctx: StepContext, index: int):
-    """no_sync for the first three backward passes under DDP: one gradient all-reduce per step."""
-    if ctx.info.distributed and index < 3 and hasattr(ctx.model, "no_sync"):
+def _sync_context(ctx: StepContext, last: bool):
+    """no_sync for every backward pass but the step's last under DDP: one gradient all-reduce per step."""
+    if ctx.info.distributed and not last and hasattr(ctx.model, "no_sync"):
         return ctx.model.no_sync()
     return contextlib.nullcontext()
 
 
-def train_step(ctx: StepContext, images, targets, subnets: list[Subnet], num_updates: int) -> dict:
-    """One optimizer step over the 4 sub-networks; returns {'losses': [4 floats], 'stepped': bool}."""
+def train_step(ctx: StepContext, images, targets, subnets: list[Subnet | None], num_updates: int) -> dict:
+    """One optimizer step over the 4 sub-networks (None entries skipped, loss 0); returns {'losses': [4 floats],
+    'stepped': bool}."""
     images, loss_targets, fwd_kwargs = ctx.task.prepare(images, targets)
     largest = ctx.module.img_sizes[-1]
     zero_grads(ctx.module, ctx.optimizer)
     kept_logits: dict[int, torch.Tensor] = {}
     losses = []
-    for i, (size, ratio) in enumerate(subnets):
+    last = max(i for i, subnet in enumerate(subnets) if subnet is not None)
+    for i, subnet in enumerate(subnets):
+        if subnet is None:
+            losses.append(torch.zeros((), device=images.device))
+            continue
+        size, ratio = subnet
         teacher = ctx.teachers[i]
-        with _sync_context(ctx, i):
+        with _sync_context(ctx, i == last):
             with ctx.amp.autocast():
                 output = ctx.model(images, img_size=size, keep_ratio=ratio, **fwd_kwargs)
                 logits = ctx.task.logits(output)
@@ -171,7 +197,7 @@ def train_step(ctx: StepContext, images, targets, subnets: list[Subnet], num_upd
         ctx.nonfinite_streak += 1
         if ctx.nonfinite_streak >= ctx.max_nonfinite_steps:
             bad = [f"(img_size={s[0]}, keep_ratio={s[1]:g}) loss {v}" for s, v in zip(subnets, values)
-                   if not math.isfinite(v)]
+                   if s is not None and not math.isfinite(v)]
             raise NonFiniteLossError(f"non-finite loss for {ctx.nonfinite_streak} consecutive steps (limit "
                                      f"--max-nonfinite-steps {ctx.max_nonfinite_steps}); last at sub-network(s) "
                                      f"{', '.join(bad) or 'on another rank'}; the weights were not updated by "
@@ -210,8 +236,11 @@ LOSS_NAMES = ("loss_full", "loss_kd_full", "loss_small", "loss_kd_small")
 
 
 def train_one_epoch(ctx: StepContext, loader, epoch: int, rng: random.Random, scheduler=None,
-                    updates_per_epoch: int = 0, max_steps: int = 0, progress: bool = True) -> dict:
-    """One pass over ``loader``; returns the mean of each of the 4 losses, the lr, step counts and time."""
+                    updates_per_epoch: int = 0, max_steps: int = 0, progress: bool = True, allowed=None) -> dict:
+    """One pass over ``loader``; returns the mean of each of the 4 losses, the lr, step counts and time.
+
+    ``allowed``: the sub-networks training may draw (``--subnets``); None = all of the model's.
+    """
     ctx.model.train()
     sums = torch.zeros(4, dtype=torch.float64)
     steps = 0
@@ -228,7 +257,7 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, rng: random.Random, sc
             scheduler.step_update(num_updates)
         images = images.to(ctx.info.device, non_blocking=True)
         targets = _to_device(targets, ctx.info.device)
-        subnets = sample_subnets(rng, ctx.module.img_sizes, ctx.module.keep_ratios)
+        subnets = sample_subnets(rng, ctx.module.img_sizes, ctx.module.keep_ratios, allowed)
         out = train_step(ctx, images, targets, subnets, num_updates + 1)
         sums += torch.tensor(out["losses"], dtype=torch.float64).nan_to_num(0.0)
         steps += 1

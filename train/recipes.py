@@ -50,13 +50,23 @@ class Recipe:
     eval_crop_pct = 0.875
     eval_uses_ema = False          # evaluate the EMA weights during training
     eval_only_prefers_ema = False  # --eval takes the checkpoint's EMA weights when it has them
+    scales_lr_by_batch = False     # --lr is per 512 images unless --unscale-lr
+    cooldown_adds_epochs = False   # timm's loop: --cooldown-epochs run after --epochs
+    script_name = ""               # the script under train/ that runs this recipe
 
     def __init__(self, args):
         self.args = args
 
     # -- model --------------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
+        """The model the command line names; with ``args.model_config`` (set from an ``--eval`` checkpoint) that
+        recorded architecture instead."""
         args = self.args
+        config = getattr(args, "model_config", None)
+        if config:
+            from .model_source import model_from_config
+
+            return model_from_config(config)
         extra = _tuples(model_kwargs(args))
         if args.demo:
             config = {**digits.DEMO_MODEL, **self.demo_model_extra(), **extra}
@@ -97,12 +107,14 @@ class Recipe:
 
 
 class DeiTRecipe(Recipe):
-    """SPEC section 4 DeiT-S recipe: Mixup/CutMix + soft-target CE, KD per size group, DeiT checkpoint format."""
+    """The DeiT-S recipe: Mixup/CutMix + soft-target CE, KD per size group, DeiT checkpoint format."""
 
     name = "deit"
     ckpt_format = "deit"
     model_class = SuperDeiT
     eval_crop_pct = 0.875
+    scales_lr_by_batch = True
+    script_name = "main_deit.py"
 
     def build_task(self, model):
         args = self.args
@@ -121,14 +133,16 @@ class DeiTRecipe(Recipe):
 
 
 class LVViTRecipe(Recipe):
-    """SPEC section 4 LV-ViT-S recipe: token labelling + MixToken, KD from (L, 1), EMA eval, timm-saver format."""
+    """The LV-ViT-S recipe: token labelling + MixToken, KD from (L, 1), EMA eval, timm-saver format."""
 
     name = "lvvit"
     ckpt_format = "timm"
     model_class = SuperLVViT
     eval_crop_pct = 0.9  # Resize(248) -> CenterCrop(224)
     data_arg_name = "data_dir"
-    eval_only_prefers_ema = True  # SPEC 5: LV-ViT is evaluated with the EMA weights
+    eval_only_prefers_ema = True  # LV-ViT is evaluated with the EMA weights
+    cooldown_adds_epochs = True
+    script_name = "main_lvvit.py"
 
     @property
     def eval_uses_ema(self):

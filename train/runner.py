@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import sys
 import time
 
@@ -12,9 +13,10 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from supervit.models import convert_plain_vit_state_dict, extract_state_dict, load_checkpoint, read_checkpoint
+from supervit.models import load_checkpoint
 
-from . import checkpointing, data as data_lib, report
+from . import checkpointing, data as data_lib, model_source, report
+from .cli import UsageError
 from .distributed import all_reduce_sum, barrier, cleanup, epoch_seed, init_distributed, seed_everything
 from .engine import Amp, StepContext, evaluate, subnet_key, train_one_epoch
 
@@ -33,23 +35,22 @@ def resolve_amp(args, device: torch.device) -> Amp:
         dtype = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                  "float32": None, "fp32": None}[choice]
     if dtype is torch.float16 and device.type != "cuda":
-        raise ValueError("--amp-dtype float16 needs CUDA; on CPU use bfloat16 or float32")
+        raise UsageError("--amp-dtype float16 needs CUDA; on CPU use bfloat16 or float32")
     return Amp(device.type, dtype)
 
 
-def finetune_from(model, path: str, info):
+def finetune_from(model, path: str, info, allow_partial: bool = False, target: str = "the model"):
     """Initialise from a plain DeiT-S / LV-ViT-S (or SuperViT) checkpoint: each position table from the plain
-    ``pos_embed`` (bicubic); classifier weights of another class count are dropped."""
-    state = extract_state_dict(read_checkpoint(path))
-    if "pos_embed" in state and "pos_embed_list.0" not in state:
-        state = convert_plain_vit_state_dict(state, model)
-    own = model.state_dict()
-    dropped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    for key in dropped:
-        del state[key]
+    ``pos_embed`` (bicubic); classifier weights of another class count are dropped. A file whose trunk does not
+    fit is refused (UsageError naming the tensors) unless ``allow_partial``."""
+    state, found = model_source.finetune_state(model, path, target, allow_partial)
     result = model.load_state_dict(state, strict=False)
-    log(info, f"finetune: loaded {path}; dropped (shape) {dropped}, missing {result.missing_keys[:8]}, "
-              f"unexpected {result.unexpected_keys[:8]}")
+    log(info, f"finetune: loaded {len(state)} tensors of {path} (written for {found['source']}); replaced: "
+              f"{len(found['dropped'])} of another shape ({', '.join(found['dropped'][:4]) or 'none'}), "
+              f"{len(result.missing_keys)} not in the file, {len(result.unexpected_keys)} unused")
+    if found["trunk_not_loaded"]:
+        log(info, f"warning: --finetune-partial: {len(found['trunk_not_loaded'])} trunk tensor(s) keep their random "
+                  f"initialisation: {', '.join(found['trunk_not_loaded'][:8])}")
 
 
 def eval_loader(dataset, info, args):
@@ -78,31 +79,62 @@ def print_table(info, model, metrics: dict, title: str):
     return rows
 
 
-def run_eval_only(args, recipe, model, info, amp):
-    """``--eval --resume CKPT``: only the val set and a checkpoint; prints and writes the 12-sub-network table."""
-    if not args.resume:
-        raise ValueError("--eval needs --resume CKPT (a checkpoint to evaluate)")
-    ckpt = read_checkpoint(args.resume)
+def accuracy_record(rows: list[dict], epoch, ema: bool, num_images: int, dataset: str) -> dict:
+    """The latest full evaluation as checkpoints carry it (plain values; deploy tools read it)."""
+    keep = ("img_size", "keep_ratio", "acc1", "acc5", "gmacs")
+    return {"epoch": epoch, "ema": bool(ema), "num_images": int(num_images), "dataset": dataset,
+            "rows": [{k: r[k] for k in keep} for r in rows if r["acc1"] is not None]}
+
+
+def dataset_label(args, split: str = "val") -> str:
+    if args.demo:
+        return "digits demo (1,000 held-out MNIST digits)"
+    return os.path.abspath(os.path.join(args.data_path, split))
+
+
+def run_eval_only(args, recipe, model, info, amp, ckpt):
+    """``--eval --resume CKPT``: only the val set and a checkpoint; prints and writes the sub-network table."""
     has_ema = any(isinstance(ckpt.get(k), dict) for k in ("model_ema", "state_dict_ema"))
     use_ema = recipe.eval_only_prefers_ema and has_ema
     load_checkpoint(model, args.resume, use_ema=use_ema)
     eval_set = data_lib.guard_images(recipe.eval_set(model), strict=args.strict_data, drop=True)
     loader = eval_loader(eval_set, info, args)
-    metrics = evaluate(model, loader, model.subnets(), amp, info, reduce=args.dist_eval and info.distributed,
-                       progress=not args.no_progress)
+    metrics = evaluate(model, loader, model_source.chosen_subnets(args, model, training=False), amp, info,
+                       reduce=args.dist_eval and info.distributed, progress=not args.no_progress)
     log_skipped(info, [0] + skipped_since(info, [0], eval_set), "in the evaluation")
     title = f"{os.path.basename(args.resume)} ({'EMA' if use_ema else 'model'} weights), " \
             f"{metrics['num_samples']} images"
     rows = print_table(info, model, metrics, title)
     if args.output_dir and info.is_main:
-        report.write_results(args.output_dir, rows, {"checkpoint": os.path.abspath(args.resume), "ema": use_ema,
-                                                     "epoch": ckpt.get("epoch"), "title": title,
-                                                     "num_samples": metrics["num_samples"]})
+        report.write_results(args.output_dir, rows, {
+            "checkpoint": os.path.abspath(args.resume), "ema": use_ema, "epoch": ckpt.get("epoch"), "title": title,
+            "num_samples": metrics["num_samples"], "num_images": metrics["num_samples"],
+            "dataset": dataset_label(args), "model_config": model_source.model_config_of(model)})
     return metrics
+
+
+def reeval_command(args, recipe, checkpoint: str) -> str:
+    """The command that evaluates ``checkpoint`` again (model and class count come from the file)."""
+    python = os.path.relpath(sys.executable)
+    python = sys.executable if python.startswith("..") else python
+    script = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), recipe.script_name))
+    argv = [python, script]
+    if args.demo:
+        argv.append("--demo")
+    elif recipe.data_arg_name.startswith("--"):
+        argv += [recipe.data_arg_name, args.data_path]
+    else:
+        argv.append(args.data_path)
+    argv += ["--eval", "--resume", checkpoint]
+    if args.subnets:
+        argv += ["--subnets", ",".join(f"{s}:{r:g}" for s, r in args.subnets)]
+    return shlex.join(argv)
 
 
 def run(args, recipe):
     """Train (or with ``--eval`` evaluate) as ``args`` say; returns the last evaluation metrics."""
+    if args.eval and not args.resume:
+        raise UsageError("--eval needs --resume CKPT (a checkpoint to evaluate)")
     info = init_distributed(args.device, getattr(args, "local_rank", None))
     try:
         return _run(args, recipe, info)
@@ -110,19 +142,27 @@ def run(args, recipe):
         cleanup()
 
 
+def schedule_epochs(args, recipe, num_epochs: int) -> int:
+    """Epochs the loop runs: timm's loop (LV-ViT) adds the cool-down epochs, the DeiT loop stops at --epochs."""
+    return num_epochs if recipe.cooldown_adds_epochs else args.epochs
+
+
 def _run(args, recipe, info):
     seed_everything(args.seed)  # the same initial weights on every rank (EMA copies included)
     if args.threads:
         torch.set_num_threads(args.threads)
+    ckpt = model_source.resolve_model_source(args, recipe, lambda text: log(info, text))
     model = recipe.build_model().to(info.device)
     if args.input_size and args.input_size != model.img_sizes[-1]:
-        raise ValueError(f"--input-size {args.input_size} must equal the model's largest image size "
+        raise UsageError(f"--input-size {args.input_size} must equal the model's largest image size "
                          f"{model.img_sizes[-1]} (the data pipeline crops to it; the model resizes inside)")
+    subnets = model_source.chosen_subnets(args, model, training=not args.eval)
     amp = resolve_amp(args, info.device)
     if args.finetune:
-        finetune_from(model, args.finetune, info)
+        finetune_from(model, args.finetune, info, allow_partial=args.finetune_partial,
+                      target=f"{model_source.model_config_of(model)['arch']}{' (demo)' if args.demo else ''}")
     if args.eval:
-        return run_eval_only(args, recipe, model, info, amp)
+        return run_eval_only(args, recipe, model, info, amp, ckpt)
 
     train_set, collate = recipe.train_set(model)
     train_set = data_lib.guard_images(train_set, strict=args.strict_data)  # unreadable images: skipped or error
@@ -130,7 +170,7 @@ def _run(args, recipe, info):
     if hasattr(train_set, "classes") and hasattr(eval_set, "classes"):
         data_lib.check_same_classes(train_set, eval_set)
     if len(getattr(train_set, "classes", [])) not in (0, model.num_classes):
-        raise ValueError(f"the data set has {len(train_set.classes)} classes but the model {model.num_classes}; "
+        raise UsageError(f"the data set has {len(train_set.classes)} classes but the model {model.num_classes}; "
                          "pass --nb-classes/--num-classes")
     sampler = data_lib.train_sampler(train_set, info, args.repeated_aug, args.seed)
     loader = data_lib.make_loader(train_set, sampler, args.batch_size, args.num_workers,
@@ -139,8 +179,8 @@ def _run(args, recipe, info):
     updates_per_epoch = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
 
     lr = args.lr
-    if recipe.name == "deit" and not args.unscale_lr:
-        lr = args.lr * args.batch_size * info.world_size / 512.0  # DeiT: lr 5e-4 per 512 images
+    if recipe.scales_lr_by_batch and not args.unscale_lr:
+        lr = args.lr * args.batch_size * info.world_size / 512.0  # --lr is per 512 images
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum, **_opt_kwargs(args))
     scheduler, num_epochs = create_scheduler_v2(
@@ -148,18 +188,19 @@ def _run(args, recipe, info):
         cooldown_epochs=args.cooldown_epochs, patience_epochs=args.patience_epochs, decay_rate=args.decay_rate,
         min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
         step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
-    total_epochs = num_epochs if recipe.name == "lvvit" else args.epochs  # timm's loop adds the cool-down
+    total_epochs = schedule_epochs(args, recipe, num_epochs)
     scaler = torch.amp.GradScaler("cuda") if amp.dtype is torch.float16 else None
     ema = None
     if args.model_ema:
         ema = ModelEmaV3(model, decay=args.model_ema_decay, device="cpu" if args.model_ema_force_cpu else None)
-    start_epoch, best = args.start_epoch, (None, None)
+    start_epoch, best, accuracy = args.start_epoch, (None, None), None
     resume_path = args.resume or (checkpointing.find_autoresume(args.output_dir, recipe.ckpt_format)
                                   if args.autoresume else None)
     if resume_path:
         state = checkpointing.resume(resume_path, model=model, optimizer=optimizer, scheduler=scheduler,
                                      scaler=scaler, ema=ema)
         start_epoch, best = state["start_epoch"], (state["best_metric"], state["best_epoch"])
+        accuracy = state["accuracy"]
         log(info, f"resumed from {resume_path}: continuing at epoch {start_epoch}")
 
     ddp_model = model
@@ -169,14 +210,21 @@ def _run(args, recipe, info):
     ctx = StepContext(model=ddp_model, module=model, task=recipe.build_task(model), optimizer=optimizer,
                       scaler=scaler, amp=amp, info=info, teachers=recipe.teachers(), clip_grad=args.clip_grad,
                       clip_mode=args.clip_mode, ema=ema, max_nonfinite_steps=args.max_nonfinite_steps)
-    key = f"{subnet_key(model.img_sizes[-1], 1.0)}_acc1"
+    allowed = set(subnets) if args.subnets else None
+    key = f"{subnet_key(*model_source.largest_full(subnets))}_acc1"
+    config = model_source.model_config_of(model)
     jsonl = report.JsonlLog(os.path.join(args.output_dir, "log.jsonl") if args.output_dir and info.is_main else None)
     n_params = sum(p.numel() for p in model.parameters())
-    log(info, f"{recipe.name}: {type(model).__name__} {n_params / 1e6:.2f}M params, sub-networks "
-              f"{model.img_sizes} x {model.keep_ratios}; {len(train_set)} train / {len(eval_set)} eval images; "
-              f"{info.world_size} process(es) on {info.device}, batch {args.batch_size}/process, "
-              f"{updates_per_epoch} steps/epoch, epochs {start_epoch}..{total_epochs - 1}, "
-              f"precision {amp.dtype or torch.float32}, lr {lr:.3g}")
+    log(info, f"{recipe.name}: {type(model).__name__} {n_params / 1e6:.2f}M params, {model.num_classes} classes, "
+              f"{len(subnets)} sub-networks ({', '.join(f'{s}:{r:g}' for s, r in subnets)}); {len(train_set)} train "
+              f"/ {len(eval_set)} eval images; {info.world_size} process(es) on {info.device}, batch "
+              f"{args.batch_size}/process, {updates_per_epoch} steps/epoch, precision {amp.dtype or torch.float32}")
+    log(info, f"schedule: {total_epochs} epochs ({args.epochs} {args.sched} + {total_epochs - args.epochs} cool-down"
+              f"), warm-up {args.warmup_epochs:g} epoch(s) from {args.warmup_lr:g}, lr {lr:.3g} -> {args.min_lr:g}"
+              f"; this run: epochs {start_epoch + 1}..{total_epochs}")
+    if args.warmup_epochs >= args.epochs:
+        log(info, f"warning: the warm-up ({args.warmup_epochs:g} epochs) is not shorter than the run ({args.epochs} "
+                  "epochs): the lr never reaches --lr; lower --warmup-epochs")
     metrics, run_start = {}, time.time()
     stop_epoch = min(total_epochs, start_epoch + args.epochs_this_run) if args.epochs_this_run else total_epochs
     for epoch in range(start_epoch, stop_epoch):
@@ -187,22 +235,26 @@ def _run(args, recipe, info):
         scheduler.step(epoch)
         marks = (data_lib.skipped_images(train_set), data_lib.skipped_images(eval_set))
         stats = train_one_epoch(ctx, loader, epoch, rng, scheduler=scheduler, updates_per_epoch=updates_per_epoch,
-                                max_steps=args.max_steps_per_epoch, progress=not args.no_progress)
+                                max_steps=args.max_steps_per_epoch, progress=not args.no_progress, allowed=allowed)
         full_table = epoch == total_epochs - 1 or (args.eval_interval and (epoch + 1) % args.eval_interval == 0)
         eval_model = ema.module if (recipe.eval_uses_ema and ema is not None) else model
-        subnets = model.subnets() if full_table else [(model.img_sizes[-1], 1.0)]
-        metrics = evaluate(eval_model, val_loader, subnets, amp, info, reduce=args.dist_eval and info.distributed,
-                           progress=not args.no_progress)
+        metrics = evaluate(eval_model, val_loader, subnets if full_table else [model_source.largest_full(subnets)],
+                           amp, info, reduce=args.dist_eval and info.distributed, progress=not args.no_progress)
         skipped = skipped_since(info, marks, train_set, eval_set)
         log_skipped(info, skipped, f"in epoch {epoch + 1}")
         stats["skipped_images"], metrics["skipped_images"] = skipped
         is_best = best[0] is None or metrics[key] > best[0]
         if is_best:
             best = (metrics[key], epoch)
+        rows = report.result_rows(metrics, model) if full_table else None
+        if rows:
+            accuracy = accuracy_record(rows, epoch, eval_model is not model, metrics["num_samples"],
+                                       dataset_label(args))
         if args.output_dir and info.is_main:
             checkpointing.save_epoch(recipe.ckpt_format, args.output_dir, is_best, model=model, optimizer=optimizer,
                                      scheduler=scheduler, scaler=scaler, ema=ema, epoch=epoch, args=args,
-                                     metric=metrics[key], best=best)
+                                     metric=metrics[key], best=best,
+                                     run_info={"model_config": config, "accuracy": accuracy})
         barrier(info)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
                   **{f"test_{k}": v for k, v in metrics.items()}, "best_" + key: best[0],
@@ -213,20 +265,20 @@ def _run(args, recipe, info):
                   f"{key} {metrics[key]:.2f}% (best {best[0]:.2f}%) | {stats['train_time_s']:.0f}s train, "
                   f"{time.time() - run_start:.0f}s total")
         if full_table:
-            rows = print_table(info, model, metrics, f"epoch {epoch + 1}: top-1 % (GMACs) of every sub-network, "
-                                                     f"{metrics['num_samples']} held-out images")
+            print_table(info, model, metrics, f"epoch {epoch + 1}: top-1 % (GMACs) of every sub-network, "
+                                              f"{metrics['num_samples']} held-out images")
             if args.output_dir and info.is_main:
                 report.write_results(args.output_dir, rows, {
                     "epoch": epoch, "ema": eval_model is not model,
                     "title": f"SuperViT {recipe.name}{' demo (digits)' if args.demo else ''}: epoch {epoch + 1}",
-                    "num_samples": metrics["num_samples"], "train_time_s": time.time() - run_start,
-                    "best_" + key: best[0], "world_size": info.world_size})
+                    "num_samples": metrics["num_samples"], "num_images": metrics["num_samples"],
+                    "dataset": dataset_label(args), "train_time_s": time.time() - run_start,
+                    "best_" + key: best[0], "world_size": info.world_size, "model_config": config})
     if args.output_dir and info.is_main and stop_epoch > start_epoch:
         last_ckpt = os.path.join(args.output_dir, checkpointing.FORMATS[recipe.ckpt_format]["last"])
-        script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "train/main_*.py"
         log(info, f"done in {time.time() - run_start:.0f}s. Results: {args.output_dir}/results.json, results.csv, "
-                  f"accuracy_vs_gmacs.png, log.jsonl; checkpoint {last_ckpt}\nre-evaluate with: python {script}"
-                  f"{' --demo' if args.demo else ''} --eval --resume {last_ckpt}")
+                  f"accuracy_vs_gmacs.png, log.jsonl; checkpoint {last_ckpt}\nre-evaluate with: "
+                  f"{reeval_command(args, recipe, last_ckpt)}")
     if args.dump_rank_weights and args.output_dir:
         torch.save(model.state_dict(), os.path.join(args.output_dir, f"weights_rank{info.rank}.pth"))
     return metrics

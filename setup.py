@@ -17,7 +17,7 @@ import sys
 
 from setuptools import find_packages, setup
 
-CPU_SOURCES = ["csrc/registration.cpp", "csrc/attention_math.cpp", "csrc/attention_cpu.cpp", "csrc/tokens_cpu.cpp"]
+CPU_SOURCES = ["csrc/registration.cpp", "csrc/attention_common.cpp", "csrc/attention_cpu.cpp", "csrc/tokens_cpu.cpp"]
 CUDA_SOURCES = ["csrc/cuda_kernels.cu", "csrc/ops_cuda.cpp"]
 
 

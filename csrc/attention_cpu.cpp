@@ -94,8 +94,7 @@ void row_softmax(const acc_t* a, const scalar_t* b, int64_t rows, int64_t dim, i
   }
 }
 
-// Accumulation dtype of the score and lse: float32, float64 for float64 inputs (reference.compute_dtype).
-at::ScalarType acc_dtype(const Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+at::ScalarType acc_dtype(const Tensor& q) { return accumulation_type(q.scalar_type()); }
 
 // q, k, v may be strided views (e.g. of a fused qkv projection): the flash kernel and the score loops read them
 // through their strides, so only a non-unit last-dim stride costs a copy.
@@ -220,6 +219,6 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_cpu(
 }  // namespace supervit
 
 TORCH_LIBRARY_IMPL(supervit, CPU, m) {
-  m.impl("ext_attention_forward", &supervit::attention_forward_cpu);
+  m.impl("ext_attention", &supervit::attention_forward_cpu);
   m.impl("ext_attention_backward", &supervit::attention_backward_cpu);
 }

@@ -4,7 +4,6 @@
 // Packed key: order-preserving bits of the float score in the high 32 bits (-0 == +0, NaN above +inf, as
 // torch.sort orders them) and (0xFFFFFFFF - index) in the low 32 bits, so one descending sort gives the
 // descending score with the lower index first on ties. Padding keys are 0, below every real key.
-#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -55,6 +54,17 @@ void dispatch_unit(int unit, F&& f) {
     case 4: f(Unit<4>{}); break;
     case 2: f(Unit<2>{}); break;
     default: f(Unit<1>{}); break;
+  }
+}
+
+// Calls f(scalar_t{}) for the dtypes the CUDA kernels take (fp32, fp16, bf16; ops_cuda.cpp refuses the rest).
+template <typename F>
+void dispatch_kernel_dtype(at::ScalarType t, const char* what, F&& f) {
+  switch (t) {
+    case at::kFloat: f(float{}); break;
+    case at::kHalf: f(at::Half{}); break;
+    case at::kBFloat16: f(at::BFloat16{}); break;
+    default: TORCH_CHECK(false, what, ": dtype must be fp32/fp16/bf16, got ", t);
   }
 }
 
@@ -125,29 +135,26 @@ __global__ void rows_kernel(const unit_t* __restrict__ src, const int64_t* __res
   }
 }
 
-__device__ __forceinline__ float exp_acc(float x) { return expf(x); }
-__device__ __forceinline__ double exp_acc(double x) { return exp(x); }
-
-// One warp per (sample, patch key j): the head-mean CLS attention probability of key j.
-template <typename scalar_t, typename acc_t>
+// One warp per (sample, patch key j): the head-mean CLS attention probability of key j (fp32 accumulation).
+template <typename scalar_t>
 __global__ void cls_score_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
-                                 const acc_t* __restrict__ lse0, acc_t scale, acc_t* __restrict__ score,
+                                 const float* __restrict__ lse0, float scale, float* __restrict__ score,
                                  int64_t heads, int64_t tokens, int64_t dim) {
   const int lane = threadIdx.x & 31;
   const int64_t b = blockIdx.x;
   const int64_t j = 1 + int64_t(blockIdx.y) * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (j >= tokens) return;  // whole warps exit together; no block-level barrier below
-  acc_t total = 0;
+  float total = 0;
   for (int64_t h = 0; h < heads; ++h) {
     const int64_t bh = b * heads + h;
     const scalar_t* q0 = q + bh * tokens * dim;
     const scalar_t* kj = k + (bh * tokens + j) * dim;
-    acc_t s = 0;
-    for (int64_t d = lane; d < dim; d += 32) s += static_cast<acc_t>(q0[d]) * static_cast<acc_t>(kj[d]);
+    float s = 0;
+    for (int64_t d = lane; d < dim; d += 32) s += static_cast<float>(q0[d]) * static_cast<float>(kj[d]);
     for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
-    total += exp_acc(s * scale - lse0[bh]);
+    total += expf(s * scale - lse0[bh]);
   }
-  if (lane == 0) score[b * (tokens - 1) + j - 1] = total / static_cast<acc_t>(heads);
+  if (lane == 0) score[b * (tokens - 1) + j - 1] = total / static_cast<float>(heads);
 }
 
 int grid_for(int64_t total, int threads) {
@@ -206,17 +213,10 @@ void topk(const at::Tensor& score, int64_t k, at::Tensor& idx, const at::Tensor&
   const size_t shmem = sizeof(unsigned long long) * pow2;
   const int unit =
       x.defined() ? copy_unit(x.size(2) * x.element_size(), x.const_data_ptr(), out.const_data_ptr()) : 1;
-  // fp32/fp16/bf16 only (exact in float); fp64 scores take the at::sort path in ops_cuda.cpp.
-  auto launch = [&](auto tag) {
+  dispatch_kernel_dtype(score.scalar_type(), "ext_topk_cuda", [&](auto tag) {  // exact in float
     using scalar_t = decltype(tag);
     launch_topk<scalar_t>(score, k, pow2, threads, shmem, idx, x, out, unit);
-  };
-  switch (score.scalar_type()) {
-    case at::kFloat: launch(float{}); break;
-    case at::kHalf: launch(at::Half{}); break;
-    case at::kBFloat16: launch(at::BFloat16{}); break;
-    default: TORCH_CHECK(false, "ext_topk_cuda: score dtype must be fp32/fp16/bf16, got ", score.scalar_type());
-  }
+  });
 }
 
 void gather(const at::Tensor& x, const at::Tensor& idx, at::Tensor& out) {
@@ -233,13 +233,14 @@ void cls_score(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lse0,
   const int warps = 8;
   const dim3 grid(static_cast<unsigned>(batch), static_cast<unsigned>((tokens - 1 + warps - 1) / warps));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ext_cls_score_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    cls_score_kernel<scalar_t, acc_t><<<grid, warps * 32, 0, stream>>>(
-        q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), lse0.const_data_ptr<acc_t>(),
-        static_cast<acc_t>(scale), score.data_ptr<acc_t>(), heads, tokens, dim);
+  auto launch = [&](auto tag) {
+    using scalar_t = decltype(tag);
+    cls_score_kernel<scalar_t><<<grid, warps * 32, 0, stream>>>(
+        q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), lse0.const_data_ptr<float>(),
+        static_cast<float>(scale), score.data_ptr<float>(), heads, tokens, dim);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  };
+  dispatch_kernel_dtype(q.scalar_type(), "ext_cls_score_cuda", launch);
 }
 
 }  // namespace cuda

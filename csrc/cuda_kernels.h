@@ -6,8 +6,12 @@
 namespace supervit {
 namespace cuda {
 
-// Largest row (N-1 patch scores) the one-block shared-memory sort takes; longer rows use at::sort.
+// Largest row (N-1 patch scores) the one-block shared-memory sort takes (4096 8-byte keys: 32 KiB of shared
+// memory, 1024 threads); longer rows run on the reference backend.
 constexpr int64_t kMaxSortTokens = 4096;
+// Head dims the memory-efficient SDPA kernel behind the CUDA attention takes: multiples of 8, at most 256.
+constexpr int64_t kMaxHeadDim = 256;
+constexpr int64_t kHeadDimMultiple = 8;
 
 // idx [B, k] = top-k of score [B, M] (fp32/fp16/bf16, M <= kMaxSortTokens); when x is defined also
 // out [B, k+1, C] = [x[:, 0], x[b, 1 + idx[b]]] in the same launch (the fused prune).
@@ -16,8 +20,8 @@ void topk(const at::Tensor& score, int64_t k, at::Tensor& idx, const at::Tensor&
 void gather(const at::Tensor& x, const at::Tensor& idx, at::Tensor& out);
 // out [B, N, C] (zeroed by the caller): out[:, 0] = grad[:, 0], out[b, 1 + idx[b, i]] = grad[b, 1 + i].
 void scatter(const at::Tensor& grad, const at::Tensor& idx, at::Tensor& out);
-// score [B, N-1] = mean_h exp(scale * q[b,h,0] . k[b,h,j] - lse0[b,h]); score and lse0 [B, H] are fp32
-// (fp64 for fp64 inputs).
+// score [B, N-1] = mean_h exp(scale * q[b,h,0] . k[b,h,j] - lse0[b,h]) for q, k fp32/fp16/bf16; score and
+// lse0 [B, H] are fp32.
 void cls_score(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lse0, double scale, at::Tensor& score);
 
 }  // namespace cuda

@@ -1,7 +1,9 @@
 // Declarations shared by the SuperViT extension sources (supervit._C).
 //
-// Layouts follow supervit/kernels/reference.py: tokens x [B, N, C] (CLS at 0), q/k/v [B, H, N, D],
-// score [B, N-1] float32, idx [B, k] int64 into the N-1 patch tokens, lse [B, H, N] float32.
+// The ops' schemas, output shapes and layouts are defined in Python (supervit/kernels/contract.py); the
+// sources here attach the CPU and CUDA kernels to them. Layouts: tokens x [B, N, C] (CLS at 0), q/k/v
+// [B, H, N, D] (any strides), score [B, N-1], idx [B, k] int64 into the N-1 patch tokens, lse [B, H, N];
+// score and lse in the accumulation type.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -12,6 +14,9 @@
 namespace supervit {
 
 using at::Tensor;
+
+// Accumulation type of score and lse: float64 for float64 inputs, else float32 (contract.accumulation_dtype).
+inline at::ScalarType accumulation_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // The attention output layout every backend returns: shape [B, H, N, D], stored token-major ([B, N, H, D]
 // contiguous) so that merging the heads back into [B, N, C] is a free view. Copies only when `out` is not
@@ -24,15 +29,10 @@ void check_index(const Tensor& idx, const Tensor& x, int64_t num_patch);   // [B
 void check_score(const Tensor& score, int64_t k);                          // [B, M] float, 1 <= k <= M
 void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v);        // [B, H, N, D], one shape/dtype/device
 
-// Device-generic attention written with ATen ops (the "math" path): the CUDA fallback for dtypes and shapes
-// the fused SDPA kernels do not take (fp64, unaligned head dims), and the score-gradient term on CUDA.
-std::tuple<Tensor, Tensor, Tensor> attention_forward_math(
-    const Tensor& q, const Tensor& k, const Tensor& v, double scale, bool return_cls_score);
-std::tuple<Tensor, Tensor, Tensor> attention_backward_math(
-    const Tensor& grad_out, const Tensor& grad_score, const Tensor& q, const Tensor& k, const Tensor& v,
-    const Tensor& out, const Tensor& lse, double scale, bool has_score_grad);
-// dq[:, :, 0] += scale * dS0 @ k and dk += scale * dS0^T q0 for the CLS score (in place, any device).
-void add_score_grad_math(const Tensor& grad_score, const Tensor& q, const Tensor& k, const Tensor& lse,
-                         double scale, Tensor& dq, Tensor& dk);
+// dq[:, :, 0] += scale * dS0 @ k and dk += scale * dS0^T q0 for the CLS score's upstream gradient (in place,
+// any device; dq, dk contiguous [B, H, N, D] in the input dtype), with P0 = exp(scale * q0 . k - lse0) and
+// dS0 = P0 * (g - sum(P0 * g)), g = [0, grad_score / H] over the keys.
+void add_score_grad(const Tensor& grad_score, const Tensor& q, const Tensor& k, const Tensor& lse, double scale,
+                    Tensor& dq, Tensor& dk);
 
 }  // namespace supervit

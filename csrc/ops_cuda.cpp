@@ -1,5 +1,6 @@
 // CUDA registrations: token ops on the kernels of cuda_kernels.cu; attention on ATen's memory-efficient SDPA
-// (out + logsumexp) plus the CLS-score kernel, with the ATen-composite math path as the fallback.
+// (out + logsumexp) plus the CLS-score kernel. The cases these kernels do not take (see cuda_kernels.h) are
+// refused here and sent to the reference backend by the dispatcher (ext_backend.supports).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -10,21 +11,19 @@
 namespace supervit {
 namespace {
 
-bool sorts_in_kernel(const Tensor& score) {
+void check_sortable(const Tensor& score) {
   const auto t = score.scalar_type();
-  return (t == at::kFloat || t == at::kHalf || t == at::kBFloat16) && score.size(1) <= cuda::kMaxSortTokens;
-}
-
-// Stable descending sort: the same order (NaN first, lower index first on ties) for what the kernel skips.
-Tensor topk_by_sort(const Tensor& score, int64_t k) {
-  return std::get<1>(at::sort(score, /*stable=*/true, /*dim=*/1, /*descending=*/true)).narrow(1, 0, k).contiguous();
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
+              "ext top-k on CUDA takes fp32/fp16/bf16 scores, got ", t);
+  TORCH_CHECK(score.size(1) <= cuda::kMaxSortTokens, "ext top-k on CUDA takes at most ", cuda::kMaxSortTokens,
+              " patch tokens, got ", score.size(1));
 }
 
 Tensor keep_topk_cuda(const Tensor& score_, int64_t k) {
   check_score(score_, k);
   c10::cuda::CUDAGuard guard(score_.device());
+  check_sortable(score_);
   const Tensor score = score_.contiguous();
-  if (!sorts_in_kernel(score)) return topk_by_sort(score, k);
   Tensor idx = at::empty({score.size(0), k}, score.options().dtype(at::kLong));
   Tensor none;
   cuda::topk(score, k, idx, none, none);
@@ -59,31 +58,30 @@ std::tuple<Tensor, Tensor> prune_tokens_cuda(const Tensor& x_, const Tensor& sco
   TORCH_CHECK(score_.size(0) == x_.size(0) && score_.size(1) == x_.size(1) - 1, "score must be [B, N-1] = [",
               x_.size(0), ", ", x_.size(1) - 1, "], got ", score_.sizes());
   c10::cuda::CUDAGuard guard(x_.device());
+  check_sortable(score_);
   const Tensor x = x_.contiguous(), score = score_.contiguous();
   Tensor out = at::empty({x.size(0), k + 1, x.size(2)}, x.options());
-  if (!sorts_in_kernel(score)) {
-    Tensor idx = topk_by_sort(score, k);
-    cuda::gather(x, idx, out);
-    return {out, idx};
-  }
   Tensor idx = at::empty({x.size(0), k}, score.options().dtype(at::kLong));
   cuda::topk(score, k, idx, x, out);  // one launch: sort + gather
   return {out, idx};
 }
 
-// The memory-efficient SDPA kernel takes fp32/fp16/bf16 with 8-aligned head dims.
-bool fused_sdpa_ok(const Tensor& q) {
+void check_sdpa_case(const Tensor& q) {
   const auto t = q.scalar_type();
-  return (t == at::kFloat || t == at::kHalf || t == at::kBFloat16) && q.size(3) % 8 == 0 && q.size(3) <= 256 &&
-         q.size(2) > 0 && q.size(0) > 0;
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
+              "ext attention on CUDA takes fp32/fp16/bf16, got ", t);
+  TORCH_CHECK(q.size(3) % cuda::kHeadDimMultiple == 0 && q.size(3) <= cuda::kMaxHeadDim,
+              "ext attention on CUDA takes head dims that are multiples of ", cuda::kHeadDimMultiple, " up to ",
+              cuda::kMaxHeadDim, ", got ", q.size(3));
+  TORCH_CHECK(q.numel() > 0, "ext attention on CUDA takes non-empty q, k, v");
 }
 
 std::tuple<Tensor, Tensor, Tensor> attention_forward_cuda(
     const Tensor& q_, const Tensor& k_, const Tensor& v_, double scale, bool return_cls_score) {
   check_qkv(q_, k_, v_);
   c10::cuda::CUDAGuard guard(q_.device());
+  check_sdpa_case(q_);
   const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
-  if (!fused_sdpa_ok(q)) return attention_forward_math(q, k, v, scale, return_cls_score);
   const int64_t tokens = q.size(2);
   auto res = at::_scaled_dot_product_efficient_attention(q, k, v, std::nullopt, /*compute_log_sumexp=*/true,
                                                          0.0, false, scale);
@@ -106,10 +104,8 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_cuda(
     const Tensor& out, const Tensor& lse, double scale, bool has_score_grad) {
   check_qkv(q_, k_, v_);
   c10::cuda::CUDAGuard guard(q_.device());
+  check_sdpa_case(q_);
   const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
-  if (!fused_sdpa_ok(q)) {
-    return attention_backward_math(grad_out, grad_score, q, k, v, out, lse, scale, has_score_grad);
-  }
   const int64_t tokens = q.size(2);
   // The kernel works in [B, N, H, D]: q/k/v need only a contiguous last dim, but `out` must be laid out as
   // [B, N, H, D] (its row stride is derived, not read), and lse is padded to a multiple of 32 queries as the
@@ -129,7 +125,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_cuda(
   if (has_score_grad) {
     TORCH_CHECK(grad_score.dim() == 2 && grad_score.size(0) == q.size(0) && grad_score.size(1) == tokens - 1,
                 "grad_score must be [B, N-1] = [", q.size(0), ", ", tokens - 1, "], got ", grad_score.sizes());
-    add_score_grad_math(grad_score, q, k, lse, scale, dq, dk);
+    add_score_grad(grad_score, q, k, lse, scale, dq, dk);
   }
   return {dq, dk, dv};
 }
@@ -138,7 +134,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_cuda(
 }  // namespace supervit
 
 TORCH_LIBRARY_IMPL(supervit, CUDA, m) {
-  m.impl("ext_attention_forward", &supervit::attention_forward_cuda);
+  m.impl("ext_attention", &supervit::attention_forward_cuda);
   m.impl("ext_attention_backward", &supervit::attention_backward_cuda);
   m.impl("ext_keep_topk", &supervit::keep_topk_cuda);
   m.impl("ext_gather_tokens", &supervit::gather_tokens_cuda);

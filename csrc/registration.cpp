@@ -1,13 +1,14 @@
-// Schemas of the extension ops, argument checks, and the Python module stub of supervit._C.
+// Argument checks of the extension ops and the Python module of supervit._C.
 //
-// The ops live in the `supervit` namespace next to the Python custom ops of supervit/kernels/ops.py, under
-// distinct `ext_*` names; TORCH_LIBRARY_IMPL blocks in the device files (ops_cpu.cpp, attention_cpu.cpp,
-// ops_cuda.cpp) attach the kernels, so PyTorch's dispatcher picks the kernel by the tensors' device.
+// The ops `supervit::ext_<name>` are defined from Python (supervit/kernels/ext_backend.py, with the schemas of
+// contract.py) before this library loads; TORCH_LIBRARY_IMPL blocks in the device files (attention_cpu.cpp,
+// tokens_cpu.cpp, ops_cuda.cpp) attach the kernels, so PyTorch's dispatcher picks the kernel by the tensors'
+// device. The module exposes the limits of the CUDA kernels, which the backend's `supports` reads.
 #include <Python.h>
 
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
+#include "cuda_kernels.h"
 #include "ext.h"
 
 namespace supervit {
@@ -46,30 +47,19 @@ void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
 
 }  // namespace supervit
 
-TORCH_LIBRARY_FRAGMENT(supervit, m) {
-  m.def("ext_attention_forward(Tensor q, Tensor k, Tensor v, float scale, bool return_cls_score)"
-        " -> (Tensor, Tensor, Tensor)");
-  m.def("ext_attention_backward(Tensor grad_out, Tensor grad_score, Tensor q, Tensor k, Tensor v, Tensor out,"
-        " Tensor lse, float scale, bool has_score_grad) -> (Tensor, Tensor, Tensor)");
-  m.def("ext_keep_topk(Tensor score, int k) -> Tensor");
-  m.def("ext_gather_tokens(Tensor x, Tensor idx) -> Tensor");
-  m.def("ext_gather_tokens_backward(Tensor grad_kept, Tensor idx, int num_tokens) -> Tensor");
-  m.def("ext_prune_tokens(Tensor x, Tensor score, int k) -> (Tensor, Tensor)");
-  // The ATen-composite attention (any device); the CUDA fallback path, exposed so that it is tested on CPU.
-  m.def("ext_attention_forward_math(Tensor q, Tensor k, Tensor v, float scale, bool return_cls_score)"
-        " -> (Tensor, Tensor, Tensor)");
-  m.def("ext_attention_backward_math(Tensor grad_out, Tensor grad_score, Tensor q, Tensor k, Tensor v,"
-        " Tensor out, Tensor lse, float scale, bool has_score_grad) -> (Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(supervit, CompositeExplicitAutograd, m) {
-  m.impl("ext_attention_forward_math", &supervit::attention_forward_math);
-  m.impl("ext_attention_backward_math", &supervit::attention_backward_math);
-}
-
-// `import supervit._C` loads this library, which runs the registrations above; the module itself is empty.
+// `import supervit._C` loads this library, which runs the kernel registrations of the device files.
 static PyModuleDef supervit_c_module = {PyModuleDef_HEAD_INIT, "supervit._C",
-                                        "SuperViT compiled kernels (registered as torch.ops.supervit.ext_*)", -1,
+                                        "SuperViT compiled kernels (attached to torch.ops.supervit.ext_*)", -1,
                                         nullptr};
 
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&supervit_c_module); }
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&supervit_c_module);
+  if (module == nullptr) return nullptr;
+  if (PyModule_AddIntConstant(module, "CUDA_MAX_SORT_TOKENS", supervit::cuda::kMaxSortTokens) < 0 ||
+      PyModule_AddIntConstant(module, "CUDA_MAX_HEAD_DIM", supervit::cuda::kMaxHeadDim) < 0 ||
+      PyModule_AddIntConstant(module, "CUDA_HEAD_DIM_MULTIPLE", supervit::cuda::kHeadDimMultiple) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

@@ -1,9 +1,8 @@
-"""The compiled-extension backend: the kernels of csrc/ (``supervit._C``) behind the backend contract.
+"""The compiled-extension backend: the kernels of csrc/ (``supervit._C``) behind ``contract.Backend``.
 
-``supervit._C`` registers ``torch.ops.supervit.ext_*`` with PyTorch's dispatcher, a CPU kernel (C++/OpenMP)
-for every op and a CUDA kernel when the CUDA sources were compiled in; the dispatcher picks the kernel by the
-tensors' device. The functions below are the backend contract of ``dispatch.py`` (same signatures and
-semantics as the reference backend in ``reference.py``).
+This module defines the ops ``supervit::ext_<name>`` with the schemas and fakes of ``contract.OPS`` and then
+loads ``supervit._C``, which attaches a CPU kernel (C++/OpenMP) to every op and a CUDA kernel when the CUDA
+sources were compiled in; PyTorch's dispatcher picks the kernel by the tensors' device.
 
 When the extension was not built, importing this module still works: ``is_available`` answers False with the
 reason, and one warning says that the pure-PyTorch reference backend runs instead.
@@ -14,26 +13,25 @@ import warnings
 
 import torch
 
-from .reference import compute_dtype, empty_token_major
+from .contract import OPS, Case
 
 NAME = "ext"
-# q, k, v (and grad_out, out in the backward) may arrive as strided views (unit last-dim stride): the CPU flash
-# kernels and the score loops read them through their strides (ops.py then skips the copies); the CUDA path copies
-# what its kernels need.
-STRIDED_QKV = True
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+for _spec in OPS.values():
+    torch.library.define(f"supervit::ext_{_spec.name}", _spec.schema)
+    torch.library.register_fake(f"supervit::ext_{_spec.name}", _spec.fake)
 
 try:
-    from supervit import _C  # noqa: F401 - loading the library registers torch.ops.supervit.ext_*
+    from supervit import _C  # noqa: F401 - loading the library attaches the kernels of torch.ops.supervit.ext_*
 
     _LOAD_ERROR = ""
 except Exception as err:  # noqa: BLE001 - a missing or broken build only disables this backend
     _LOAD_ERROR = (f"supervit._C was not built or cannot be loaded ({type(err).__name__}: {err}); reinstall "
                    "with `pip install --no-build-isolation -e .` and a C++ compiler (see setup.py)")
 
+_ops = torch.ops.supervit
 _warned = False
-_OPS = ("ext_attention_forward", "ext_attention_backward", "ext_keep_topk", "ext_gather_tokens",
-        "ext_gather_tokens_backward", "ext_prune_tokens")
-_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
 def _warn_once(reason: str) -> None:
@@ -63,75 +61,61 @@ def _kernel_status(kind: str) -> tuple[bool, str]:
     key = _DISPATCH_KEYS.get(kind)
     if key is None:
         return False, f"supervit._C has no kernels for device type {kind!r}"
-    for op in _OPS:
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"supervit::{op}", key):
+    for spec in OPS.values():
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"supervit::ext_{spec.name}", key):
             why = "it was built without CUDA sources (see setup.py)" if kind == "cuda" else "a partial build"
-            return False, f"supervit._C has no {key} kernel for supervit::{op}: {why}"
+            return False, f"supervit._C has no {key} kernel for supervit::ext_{spec.name}: {why}"
     if kind == "cuda" and not torch.cuda.is_available():
         return False, "no CUDA device is available"
     return True, ""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The backend contract (see reference.py for the semantics and layouts; STRIDED_QKV above for the strides).
-# ----------------------------------------------------------------------------------------------------------------
+# The CUDA kernels take fp32/fp16/bf16; attention runs on ATen's memory-efficient SDPA (head dims a multiple of
+# CUDA_HEAD_DIM_MULTIPLE up to CUDA_MAX_HEAD_DIM); the top-k sorts one sample's scores in one block's shared
+# memory (at most CUDA_MAX_SORT_TOKENS patch tokens). The limits come from csrc/cuda_kernels.h through _C.
+# The CPU kernels take every floating dtype and length.
+_CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def supports(op: str, case: Case) -> bool:
+    """Every non-empty case on CPU; on CUDA the dtypes, head dims and lengths the CUDA kernels take."""
+    if case.empty or _LOAD_ERROR:
+        return False
+    if case.device_type != "cuda":
+        return True
+    if op in ("attention_forward", "attention_backward"):
+        return (case.dtype in _CUDA_DTYPES and case.head_dim % _C.CUDA_HEAD_DIM_MULTIPLE == 0
+                and case.head_dim <= _C.CUDA_MAX_HEAD_DIM)
+    if op in ("keep_topk", "prune_tokens_forward"):
+        return case.dtype in _CUDA_DTYPES and case.tokens - 1 <= _C.CUDA_MAX_SORT_TOKENS
+    return True
+
+
 def attention_forward(q, k, v, scale: float, return_cls_score: bool):
-    """(out [B,H,N,D] token-major q.dtype, score [B,N-1] or [B,0], lse [B,H,N]); score/lse fp32 (fp64 for fp64)."""
-    return torch.ops.supervit.ext_attention_forward(q, k, v, float(scale), bool(return_cls_score))
+    """(out [B,H,N,D] token-major q.dtype, score [B,N-1] or [B,0], lse [B,H,N]) (contract.OPS)."""
+    return _ops.ext_attention.default(q, k, v, scale, return_cls_score)
 
 
 def attention_backward(grad_out, grad_score, q, k, v, out, lse, scale: float, has_score_grad: bool):
     """(dq, dk, dv) for upstream grads on ``out`` and (when ``has_score_grad``) on ``score``."""
-    return torch.ops.supervit.ext_attention_backward(grad_out, grad_score, q, k, v, out, lse, float(scale),
-                                                     bool(has_score_grad))
+    return _ops.ext_attention_backward.default(grad_out, grad_score, q, k, v, out, lse, scale, has_score_grad)
 
 
 def keep_topk(score, k: int):
     """idx [B,k] int64: descending score, lower index first on ties."""
-    return torch.ops.supervit.ext_keep_topk(score, int(k))
+    return _ops.ext_keep_topk.default(score, k)
 
 
 def gather_tokens(x, idx):
     """[B,k+1,C] = [x[:, :1], x[b, 1 + idx[b]]]."""
-    return torch.ops.supervit.ext_gather_tokens(x, idx)
+    return _ops.ext_gather_tokens.default(x, idx)
 
 
 def gather_tokens_backward(grad_kept, idx, num_tokens: int):
     """[B,N,C]: plain indexed store of the kept rows, zeros elsewhere (deterministic)."""
-    return torch.ops.supervit.ext_gather_tokens_backward(grad_kept, idx, int(num_tokens))
+    return _ops.ext_gather_tokens_backward.default(grad_kept, idx, num_tokens)
 
 
 def prune_tokens_forward(x, score, k: int):
     """(x_kept [B,k+1,C], idx [B,k]): top-k and gather fused in one pass per sample."""
-    return torch.ops.supervit.ext_prune_tokens(x, score, int(k))
-
-
-# Fake (meta) implementations, so the ext ops also trace under torch.compile when called directly.
-if not _LOAD_ERROR:
-    @torch.library.register_fake("supervit::ext_attention_forward")
-    def _(q, k, v, scale, return_cls_score):
-        batch, heads, tokens, dim = q.shape
-        acc = compute_dtype(q.dtype)
-        score_len = tokens - 1 if return_cls_score else 0
-        return (empty_token_major(batch, heads, tokens, dim, q), q.new_empty((batch, score_len), dtype=acc),
-                q.new_empty((batch, heads, tokens), dtype=acc))
-
-    @torch.library.register_fake("supervit::ext_attention_backward")
-    def _(grad_out, grad_score, q, k, v, out, lse, scale, has_score_grad):
-        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-    @torch.library.register_fake("supervit::ext_keep_topk")
-    def _(score, k):
-        return score.new_empty((score.shape[0], k), dtype=torch.int64)
-
-    @torch.library.register_fake("supervit::ext_gather_tokens")
-    def _(x, idx):
-        return x.new_empty((x.shape[0], idx.shape[1] + 1, x.shape[2]))
-
-    @torch.library.register_fake("supervit::ext_gather_tokens_backward")
-    def _(grad_kept, idx, num_tokens):
-        return grad_kept.new_empty((grad_kept.shape[0], num_tokens, grad_kept.shape[2]))
-
-    @torch.library.register_fake("supervit::ext_prune_tokens")
-    def _(x, score, k):
-        return x.new_empty((x.shape[0], k + 1, x.shape[2])), x.new_empty((x.shape[0], k), dtype=torch.int64)
+    return _ops.ext_prune_tokens.default(x, score, k)

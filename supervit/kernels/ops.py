@@ -1,8 +1,9 @@
 """The public ops, registered with torch.library in the ``supervit`` namespace.
 
-Each op is a ``torch.library.custom_op`` with a fake (meta) implementation and an autograd formula, so it works
-under ``torch.compile(fullgraph=True)`` and ``torch.library.opcheck``. The implementation of every op asks
-``dispatch.select_backend`` which backend runs it on the tensors' device.
+Each op is a ``torch.library.custom_op`` with the schema and fake implementation of ``contract.OPS`` and an
+autograd formula, so it works under ``torch.compile(fullgraph=True)``, export and ``torch.library.opcheck``. Its
+implementation asks ``dispatch.backend_for`` which backend runs the call and passes the arguments as they are
+(strided views included: every backend makes contiguous what it needs).
 """
 from __future__ import annotations
 
@@ -10,60 +11,35 @@ import torch
 from torch import Tensor
 
 from . import validation as check
-from .dispatch import select_backend
-from .reference import compute_dtype, empty_token_major, keep_count, token_major
+from .contract import OPS, OpSpec, accumulation_dtype, keep_count
+from .dispatch import backend_for
+
+
+def _register(backend_fn: str):
+    """The ``supervit::`` custom op of ``contract.OPS[backend_fn]``, run by the backend chosen per call."""
+    spec: OpSpec = OPS[backend_fn]
+    case_of = spec.case
+
+    def run(*args):
+        return getattr(backend_for(backend_fn, case_of(*args)), backend_fn)(*args)
+
+    run.__name__ = run.__qualname__ = spec.name
+    op = torch.library.custom_op(f"supervit::{spec.name}", run, mutates_args=(), schema=spec.schema)
+    op.register_fake(spec.fake)
+    return op
+
+
+_attention = _register("attention_forward")
+_attention_backward = _register("attention_backward")
+_keep_topk = _register("keep_topk")
+_gather_tokens = _register("gather_tokens")
+_gather_tokens_backward = _register("gather_tokens_backward")
+_prune_tokens = _register("prune_tokens_forward")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# attention
+# Autograd formulas
 # ----------------------------------------------------------------------------------------------------------------
-@torch.library.custom_op("supervit::attention", mutates_args=())
-def _attention(q: Tensor, k: Tensor, v: Tensor, scale: float, return_cls_score: bool) -> tuple[Tensor, Tensor, Tensor]:
-    backend = select_backend(q.device)
-    prep = _qkv_prep(backend)
-    out, score, lse = backend.attention_forward(prep(q), prep(k), prep(v), scale, return_cls_score)
-    return token_major(out), score, lse  # a no-op for the shipped backends, which write out token-major
-
-
-def _qkv_prep(backend):
-    """How q, k, v reach ``backend``: contiguous, or as they are for a backend that reads them through their
-    strides (``STRIDED_QKV = True``; the fused qkv projection's views then cost no copy)."""
-    return _as_is if getattr(backend, "STRIDED_QKV", False) else Tensor.contiguous
-
-
-def _as_is(t: Tensor) -> Tensor:
-    return t
-
-
-@_attention.register_fake
-def _(q, k, v, scale, return_cls_score):
-    batch, heads, tokens, dim = q.shape
-    score_len = tokens - 1 if return_cls_score else 0
-    return (
-        empty_token_major(batch, heads, tokens, dim, q),
-        q.new_empty((batch, score_len), dtype=compute_dtype(q.dtype)),
-        q.new_empty((batch, heads, tokens), dtype=compute_dtype(q.dtype)),
-    )
-
-
-@torch.library.custom_op("supervit::attention_backward", mutates_args=())
-def _attention_backward(
-    grad_out: Tensor, grad_score: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-    scale: float, has_score_grad: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    backend = select_backend(q.device)
-    prep = _qkv_prep(backend)
-    return backend.attention_backward(
-        prep(grad_out), grad_score.contiguous(), prep(q), prep(k), prep(v), prep(out), lse.contiguous(), scale,
-        has_score_grad,
-    )
-
-
-@_attention_backward.register_fake
-def _(grad_out, grad_score, q, k, v, out, lse, scale, has_score_grad):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
 def _attention_setup(ctx, inputs, output):
     q, k, v, scale, return_cls_score = inputs
     out, _, lse = output
@@ -78,45 +54,12 @@ def _attention_grad(ctx, grad_out, grad_score, _grad_lse):
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     if not has_score_grad:
-        grad_score = q.new_zeros((q.shape[0], 0), dtype=compute_dtype(q.dtype))
+        grad_score = q.new_zeros((q.shape[0], 0), dtype=accumulation_dtype(q.dtype))
     dq, dk, dv = _attention_backward(grad_out, grad_score, q, k, v, out, lse, ctx.scale, has_score_grad)
     return dq, dk, dv, None, None
 
 
 _attention.register_autograd(_attention_grad, setup_context=_attention_setup)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# keep_topk, gather_tokens, prune_tokens
-# ----------------------------------------------------------------------------------------------------------------
-@torch.library.custom_op("supervit::keep_topk", mutates_args=())
-def _keep_topk(score: Tensor, k: int) -> Tensor:
-    return select_backend(score.device).keep_topk(score.contiguous(), k)
-
-
-@_keep_topk.register_fake
-def _(score, k):
-    return score.new_empty((score.shape[0], k), dtype=torch.int64)
-
-
-@torch.library.custom_op("supervit::gather_tokens", mutates_args=())
-def _gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
-    return select_backend(x.device).gather_tokens(x.contiguous(), idx.contiguous())
-
-
-@_gather_tokens.register_fake
-def _(x, idx):
-    return x.new_empty((x.shape[0], idx.shape[1] + 1, x.shape[2]))
-
-
-@torch.library.custom_op("supervit::gather_tokens_backward", mutates_args=())
-def _gather_tokens_backward(grad_kept: Tensor, idx: Tensor, num_tokens: int) -> Tensor:
-    return select_backend(grad_kept.device).gather_tokens_backward(grad_kept.contiguous(), idx.contiguous(), num_tokens)
-
-
-@_gather_tokens_backward.register_fake
-def _(grad_kept, idx, num_tokens):
-    return grad_kept.new_empty((grad_kept.shape[0], num_tokens, grad_kept.shape[2]))
 
 
 def _gather_setup(ctx, inputs, output):
@@ -131,16 +74,6 @@ def _gather_grad(ctx, grad_kept, *_unused):
 
 
 _gather_tokens.register_autograd(_gather_grad, setup_context=_gather_setup)
-
-
-@torch.library.custom_op("supervit::prune_tokens", mutates_args=())
-def _prune_tokens(x: Tensor, score: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    return select_backend(x.device).prune_tokens_forward(x.contiguous(), score.contiguous(), k)
-
-
-@_prune_tokens.register_fake
-def _(x, score, k):
-    return x.new_empty((x.shape[0], k + 1, x.shape[2])), x.new_empty((x.shape[0], k), dtype=torch.int64)
 
 
 def _prune_grad(ctx, grad_kept, _grad_idx):

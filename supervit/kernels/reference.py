@@ -7,45 +7,15 @@ Two layers live here:
 * the reference *backend* (``attention_forward``/``attention_backward``, ``gather_tokens_backward`` ...),
   the explicit forward/backward pairs with the same signatures every other backend implements.
 
-Layouts: tokens ``x`` are [B, N, C] with the CLS token at index 0; ``q, k, v`` are [B, H, N, D]; the attention
-output of the backends is [B, H, N, D] stored token-major (see ``token_major``);
-``score`` is [B, N-1] (float32) over the patch tokens; ``idx`` is [B, k] int64 into the patch tokens.
+Shapes, dtypes and layouts are those of ``contract.py``; the reference runs every case of every op.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
+from .contract import Case, accumulation_dtype, keep_count, token_major
+
 NAME = "reference"
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float32 for half types, the dtype itself for float32/float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def keep_count(num_tokens: int, keep_ratio: float) -> int:
-    """Number of patch tokens kept from a sequence of ``num_tokens`` (CLS included).
-
-    ``min(ceil(keep_ratio * N), N - 1)`` with Python floats, as the SuperViT reference computes it.
-    """
-    return min(math.ceil(keep_ratio * num_tokens), num_tokens - 1)
-
-
-def token_major(out: torch.Tensor) -> torch.Tensor:
-    """``out`` [B, H, N, D] with its memory laid out as [B, N, H, D] (a copy only when it is not already).
-
-    Every backend returns the attention output this way, as the flash kernels write it, so that merging the heads
-    back into tokens, ``out.transpose(1, 2).reshape(B, N, H * D)``, is a view and costs no copy.
-    """
-    by_token = out.transpose(1, 2)  # [B, N, H, D]
-    return out if by_token.is_contiguous() else by_token.contiguous().transpose(1, 2)
-
-
-def empty_token_major(batch: int, heads: int, tokens: int, dim: int, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialized [B, H, N, D] tensor laid out token-major, with ``like``'s dtype and device."""
-    return like.new_empty((batch, tokens, heads, dim)).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -54,7 +24,7 @@ def empty_token_major(batch: int, heads: int, tokens: int, dim: int, like: torch
 def attention(q, k, v, scale=None, return_cls_score=False):
     """softmax(q k^T * scale) v, optionally with the head-mean CLS attention row over the patch keys."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    acc = compute_dtype(q.dtype)
+    acc = accumulation_dtype(q.dtype)
     probs = torch.softmax((q @ k.transpose(-2, -1)).to(acc) * scale, dim=-1)  # [B, H, N, N]
     out = (probs.to(v.dtype) @ v)  # [B, H, N, D]
     if not return_cls_score:
@@ -89,7 +59,7 @@ def attention_forward(q, k, v, scale: float, return_cls_score: bool):
 
     (fp64 inputs keep fp64 for score and lse.)
     """
-    acc = compute_dtype(q.dtype)
+    acc = accumulation_dtype(q.dtype)
     logits = (q @ k.transpose(-2, -1)).to(acc) * scale  # [B, H, N, N]
     lse = torch.logsumexp(logits, dim=-1)  # [B, H, N]
     probs = torch.exp(logits - lse.unsqueeze(-1))
@@ -106,7 +76,7 @@ def attention_backward(grad_out, grad_score, q, k, v, out, lse, scale: float, ha
 
     The score adds ``grad_score / H`` to dP at the CLS query row, patch-key columns, before the softmax backward.
     """
-    acc = compute_dtype(q.dtype)
+    acc = accumulation_dtype(q.dtype)
     logits = (q @ k.transpose(-2, -1)).to(acc) * scale
     probs = torch.exp(logits - lse.unsqueeze(-1))  # [B, H, N, N]
     grad_out_acc = grad_out.to(acc)
@@ -140,3 +110,8 @@ def prune_tokens_forward(x, score, k: int):
 def is_available(device: torch.device):
     """The reference runs everywhere."""
     return True, ""
+
+
+def supports(op: str, case: Case) -> bool:
+    """Every case of every op."""
+    return True

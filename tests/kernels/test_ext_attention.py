@@ -134,18 +134,3 @@ def test_without_score_request_the_score_is_empty():
     out, score, lse = ext.attention_forward(q, k, v, 0.5, False)
     assert score.shape == (2, 0) and score.dtype == torch.float32
     assert torch.equal(out, ext.attention_forward(q, k, v, 0.5, True)[0])
-
-
-def math_forward(q, k, v, scale, flag):
-    return torch.ops.supervit.ext_attention_forward_math(q, k, v, scale, flag)
-
-
-def math_backward(*args):
-    return torch.ops.supervit.ext_attention_backward_math(*args)
-
-
-@pytest.mark.parametrize("grads", ["both", "out", "score"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("tokens", [9, 65, 197])
-def test_math_path_used_by_cuda_fallback(tokens, dtype, grads):
-    run(math_forward, math_backward, 2, 3, tokens, 24, dtype, grads=grads)

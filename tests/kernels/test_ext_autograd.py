@@ -4,6 +4,7 @@ import torch
 
 from supervit import kernels
 from supervit.kernels import reference
+from supervit.kernels.contract import accumulation_dtype
 
 ext = pytest.importorskip("supervit.kernels.ext_backend")
 
@@ -69,7 +70,7 @@ def opcheck_cases():
         "prune_tokens": (ops.prune_tokens.default, (x, score, 5)),
         "gather_tokens_backward": (ops.gather_tokens_backward.default, (torch.randn(2, 6, 4), idx, 9)),
         "ext_prune_tokens": (ops.ext_prune_tokens.default, (x.detach(), score, 5)),
-        "ext_attention_forward": (ops.ext_attention_forward.default, (q.detach(), k.detach(), v.detach(), 0.3, True)),
+        "ext_attention": (ops.ext_attention.default, (q.detach(), k.detach(), v.detach(), 0.3, True)),
     }
 
 
@@ -132,7 +133,7 @@ def test_cuda_token_ops_match_reference_exactly(tokens, dtype):
 def test_cuda_attention_matches_reference(dtype, dim):
     g = torch.Generator().manual_seed(0)
     q, k, v, go = (torch.randn(2, 6, 197, dim, generator=g).to(dtype).cuda() for _ in range(4))
-    gs = torch.randn(2, 196, generator=g).cuda().to(reference.compute_dtype(dtype))
+    gs = torch.randn(2, 196, generator=g).cuda().to(accumulation_dtype(dtype))
     got = ext.attention_forward(q, k, v, dim ** -0.5, True)
     assert got[0].transpose(1, 2).is_contiguous(), "out must be stored token-major on CUDA too"
     want = reference.attention_forward(q.double(), k.double(), v.double(), dim ** -0.5, True)

@@ -26,7 +26,7 @@ from supervit.models import flops  # noqa: E402
 CATEGORIES = {  # profiler op name -> category (self time; ops not listed count as "other ops")
     "aten::addmm": "matmul", "aten::mm": "matmul", "aten::bmm": "matmul", "aten::matmul": "matmul",
     "aten::mkldnn_convolution": "matmul", "aten::convolution": "matmul",
-    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "supervit::ext_attention_forward": "attention",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "supervit::ext_attention": "attention",
     "supervit::attention": "attention",
     "supervit::prune_tokens": "pruning", "supervit::ext_prune_tokens": "pruning",
 }

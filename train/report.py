@@ -69,8 +69,8 @@ def plot_accuracy(rows: list[dict], path: str, title: str):
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for size in sorted({r["img_size"] for r in rows}):
-        group = sorted((r for r in rows if r["img_size"] == size), key=lambda r: r["gmacs"])
-        if any(r["acc1"] is None for r in group):
+        group = sorted((r for r in rows if r["img_size"] == size and r["acc1"] is not None), key=lambda r: r["gmacs"])
+        if not group:  # not evaluated (--subnets)
             continue
         ax.plot([r["gmacs"] for r in group], [r["acc1"] for r in group], marker="o",
                 label=f"{group[0]['grid']} tokens ({size} px)")

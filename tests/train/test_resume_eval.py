@@ -83,7 +83,8 @@ def test_eval_reference_deit_format(tmp_path):
 
 
 def test_eval_timm_saver_format(tmp_path):
-    """A checkpoint as timm's saver writes it (LV-ViT script), with a 'module.' prefix; EMA weights are evaluated."""
+    """A checkpoint as timm's saver writes it (LV-ViT script), with a 'module.' prefix; EMA weights are evaluated;
+    the class count is taken from the file's head."""
     data = write_image_folder(tmp_path / "imagenet", splits=("val",), per_class=3)
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in TINY_LVVIT_MODEL.items()}
     torch.manual_seed(2)
@@ -95,9 +96,9 @@ def test_eval_timm_saver_format(tmp_path):
             "state_dict_ema": {"module." + k: v for k, v in ema.state_dict().items()}, "metric": 83.1}
     path = tmp_path / "model_best.pth.tar"
     atomic_save(ckpt, str(path))
-    metrics = main_lvvit.main([data, "--eval", "--resume", str(path), "--num-classes", str(len(CLASSES)),
-                               "--model-kwargs", as_json(TINY_LVVIT_MODEL), "-j", "0", "--no-progress",
-                               "--device", "cpu"])
+    # a released-style file records no model config: the class count comes from its head, the model from 'arch'
+    metrics = main_lvvit.main([data, "--eval", "--resume", str(path), "--model-kwargs", as_json(TINY_LVVIT_MODEL),
+                               "-j", "0", "--no-progress", "--device", "cpu"])
     expected = _direct_eval(ema, data, 0.9)  # LV-ViT evaluates the EMA weights, Resize(248/224) crop
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value), key

@@ -1,0 +1,173 @@
+"""Latency profiles: every sub-network of a model timed on one device at one batch, dtype, backend and mode.
+
+A profile is a JSON-able dict::
+
+    {"key": "<model>|<device>|b<batch>|<dtype>|<mode>|<backend>", "settings": {...those six...},
+     "conditions": timing.conditions(...), "rows": [{"img_size", "keep_ratio", "gmacs", "latency_ms", "min_ms",
+     "max_ms", "rel_spread", "noisy", "img_per_s"}, ...]}
+
+Profiles are saved in one JSON file (``{"profiles": {key: profile}}``), so a later command finds the one measured
+under its own settings.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+
+import torch
+from torch import nn
+
+from . import timing
+from .errors import DeployError
+
+MODES = ("eager", "compile", "cuda-graph")
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+BACKENDS = ("auto", "triton", "ext", "reference")
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise DeployError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def profile_key(model_name: str, device: str, batch: int, dtype: str, mode: str, backend: str) -> str:
+    """The key a profile is stored and found under."""
+    return f"{model_name}|{timing.device_name(device)}|b{batch}|{dtype}|{mode}|{backend}"
+
+
+@contextlib.contextmanager
+def _backend(name: str):
+    if name not in BACKENDS:
+        raise DeployError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
+    old = os.environ.pop("SUPERVIT_BACKEND", None)
+    if name != "auto":
+        os.environ["SUPERVIT_BACKEND"] = name
+    try:
+        yield
+    finally:
+        os.environ.pop("SUPERVIT_BACKEND", None)
+        if old is not None:
+            os.environ["SUPERVIT_BACKEND"] = old
+
+
+def check_subnets(model: nn.Module, subnets) -> list[tuple[int, float]]:
+    """``subnets`` validated against the model (all of them when None); errors name the value and the choices."""
+    if subnets is None:
+        return model.subnets()
+    valid = model.subnets()
+    out = []
+    for size, ratio in subnets:
+        if (int(size), float(ratio)) not in valid:
+            raise DeployError(f"unknown sub-network ({size}, {ratio:g}); this model has "
+                              + ", ".join(f"{s}:{r:g}" for s, r in valid))
+        out.append((int(size), float(ratio)))
+    return out
+
+
+def parse_subnets(text: str) -> list[tuple[int, float]]:
+    """'20:0.5,24:0.7' -> [(20, 0.5), (24, 0.7)]."""
+    try:
+        return [(int(p.split(":")[0]), float(p.split(":")[1])) for p in text.split(",") if p.strip()]
+    except (ValueError, IndexError):
+        raise DeployError(f"sub-networks must be written IMG_SIZE:KEEP_RATIO[,...] (e.g. 224:0.7,224:1), "
+                          f"got {text!r}") from None
+
+
+def _runners(model, subnets, x, mode):
+    """{(s, r): callable running that sub-network on x} in the given mode."""
+    if mode == "eager":
+        return {sub: (lambda sub=sub: model(x, img_size=sub[0], keep_ratio=sub[1])) for sub in subnets}
+    if mode == "compile":
+        compiled = torch.compile(model)  # one compiled entry per sub-network (guards on the two arguments)
+        return {sub: (lambda sub=sub: compiled(x, img_size=sub[0], keep_ratio=sub[1])) for sub in subnets}
+    if mode == "cuda-graph":
+        from .cuda_graph import CudaGraphSubnet
+
+        graphs = {sub: CudaGraphSubnet(model, sub[0], sub[1], batch=x.shape[0], dtype=x.dtype) for sub in subnets}
+        return {sub: (lambda g=graphs[sub]: g.replay_into(x)) for sub in subnets}
+    raise DeployError(f"mode must be one of {list(MODES)}, got {mode!r}")
+
+
+def profile_model(model: nn.Module, model_name: str, device: str = "cpu", batch: int = 1, dtype: str = "fp32",
+                  mode: str = "eager", backend: str = "auto", subnets=None, rounds: int = 10, warmup: int = 2,
+                  progress: bool = True) -> dict:
+    """Time every sub-network (or ``subnets``) of ``model`` and return the profile (see the module docstring).
+
+    Args:
+        model: a super-network (moved to ``device`` and ``dtype``, put in eval mode).
+        model_name: what the profile is keyed by (the arch or the checkpoint name).
+        device, batch, dtype, mode, backend: the settings measured under (``mode``: one of ``MODES``).
+        rounds, warmup: interleaved timed rounds and untimed warm-up calls per sub-network.
+    """
+    from supervit.models import flops
+
+    if not isinstance(batch, int) or batch < 1:
+        raise DeployError(f"batch must be an int >= 1, got {batch!r}")
+    if mode not in MODES:
+        raise DeployError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    torch_dtype = parse_dtype(dtype)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeployError("device 'cuda' is not available here (torch.cuda.is_available() is False); use cpu")
+    subnets = check_subnets(model, subnets)
+    model = model.to(device=dev, dtype=torch_dtype).eval()
+    from .model_source import example_input
+
+    x = example_input(model, batch, dev, torch_dtype)
+    limit = max(torch._dynamo.config.recompile_limit, 2 * len(subnets))
+    with _backend(backend), torch.inference_mode(), torch._dynamo.config.patch(recompile_limit=limit):
+        runners = _runners(model, subnets, x, mode)
+        stats, cond = timing.measure(runners, dev, dtype=torch_dtype, batch=batch, backend=backend, mode=mode,
+                                     rounds=rounds, warmup=warmup, progress=progress)
+    rows = []
+    for sub in subnets:
+        s = stats[sub]
+        rows.append({"img_size": sub[0], "keep_ratio": sub[1], "gmacs": flops(model, *sub),
+                     "latency_ms": s["median_ms"], "min_ms": s["min_ms"], "max_ms": s["max_ms"],
+                     "rel_spread": s["rel_spread"], "noisy": s["noisy"],
+                     "img_per_s": batch / (s["median_ms"] / 1e3)})
+    settings = {"model": model_name, "device": timing.device_name(dev), "batch": batch, "dtype": dtype,
+                "mode": mode, "backend": backend}
+    return {"key": profile_key(model_name, dev, batch, dtype, mode, backend), "settings": settings,
+            "conditions": cond, "rows": rows}
+
+
+def read_profiles(path: str) -> dict:
+    """{key: profile} stored in ``path`` ({} when the file does not exist)."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, json.JSONDecodeError) as err:
+        raise DeployError(f"--profile {path!r} is not a readable profile file: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("profiles"), dict):
+        raise DeployError(f"--profile {path!r} must hold {{'profiles': {{key: profile}}}} as written by "
+                          "`python -m supervit.deploy profile`")
+    return data["profiles"]
+
+
+def save_profile(profile: dict, path: str) -> None:
+    """Add (or replace) ``profile`` under its key in ``path``; written to a temp file, then renamed."""
+    profiles = read_profiles(path)
+    profiles[profile["key"]] = profile
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"profiles": profiles}, handle, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def find_profile(path: str, key: str) -> dict | None:
+    """The profile stored under ``key`` in ``path``, or None."""
+    return read_profiles(path).get(key)

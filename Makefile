@@ -31,8 +31,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) train/main_lvvit.py --demo --output runs/demo
 
+# Results go to a new runs/bench/<device>-<time>/ folder; BENCH_ARGS="--out benchmarks/results/<device>" updates the
+# committed results on purpose.
 bench: $(STAMP)
-	$(PY) benchmarks/run_cpu.py
+	$(PY) benchmarks/run_cpu.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

@@ -7,6 +7,9 @@ matrix for little arithmetic, and the per-op overheads weigh as much as at 224 p
 less time than their share.
 
     python benchmarks/bench_latency_breakdown.py --device cpu --batch 1
+
+Results go to a new run folder under runs/bench/ unless --out names one; each row records the load average and
+whether its wall time was noisy.
 """
 from __future__ import annotations
 
@@ -47,13 +50,15 @@ def op_times(model, x, size, ratio, iters):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only (the profiler's CPU self times)")
-    p.add_argument("--models", nargs="+", default=["super_deit_s"])
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--models", nargs="+", default=["super_deit_s"], help="super-networks to break down")
+    p.add_argument("--batch", type=int, default=1, help="batch size")
     p.add_argument("--iters", type=int, default=10, help="timed rounds and profiled forwards per sub-network")
-    p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
+    p.add_argument("--out", default=None,
+                   help="results folder (default: a new runs/bench/<device>-<time>; pass benchmarks/results/<device> "
+                        "to update the committed results)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", harness.device_name(device))
+    out = harness.run_folder(device, args.out)
     rows = []
     for name in args.models:
         torch.manual_seed(0)
@@ -66,26 +71,33 @@ def main(argv=None):
                 with torch.no_grad():
                     model(x, img_size=size, keep_ratio=ratio)
             return run
-        walls = harness.time_interleaved({sub: forward(*sub) for sub in subnets}, device, rounds=args.iters)
+        walls, cond = harness.measure({sub: forward(*sub) for sub in subnets}, device, dtype=torch.float32,
+                                      batch=args.batch, mode="eager", rounds=args.iters)
         parts = {sub: op_times(model, x, *sub, args.iters) for sub in subnets}
         full_ms, full_parts = walls[(224, 1.0)]["median_ms"], parts[(224, 1.0)]
         for size, ratio in subnets:
             wall, part = walls[(size, ratio)]["median_ms"], parts[(size, ratio)]
             flop_ratio = flops(model, 224, 1.0) / flops(model, size, ratio)
             row = {"model": name, "batch": args.batch, "img_size": size, "keep_ratio": ratio,
-                   "flop_ratio": flop_ratio, "wall_ms": wall, "efficiency": full_ms / wall / flop_ratio}
+                   "flop_ratio": flop_ratio, "wall_ms": wall, "efficiency": full_ms / wall / flop_ratio,
+                   "rel_spread": walls[(size, ratio)]["rel_spread"], "noisy": walls[(size, ratio)]["noisy"]}
             for cat in CATEGORY_NAMES:
                 row[f"{cat}_ms"] = part[cat]
                 row[f"{cat}_speedup"] = full_parts[cat] / part[cat] if part[cat] and full_parts[cat] else float("nan")
             row["between_ops_ms"] = max(0.0, wall - sum(part.values()))
-            rows.append({**row, **harness.conditions(device)})
+            rows.append({**cond, **row})
             print(f"{name} b{args.batch} ({size}, {ratio}) wall {wall:7.2f} ms  efficiency {row['efficiency']:.2f}  "
                   + "  ".join(f"{c} {part[c]:6.2f} ms (x{row[c + '_speedup']:.2f})" for c in CATEGORY_NAMES)
                   + f"  between ops {row['between_ops_ms']:5.2f} ms", flush=True)
     cols = ["model", "batch", "img_size", "keep_ratio", "flop_ratio", "wall_ms", "efficiency"]
-    cols += [f"{c}_{k}" for c in CATEGORY_NAMES for k in ("ms", "speedup")] + ["between_ops_ms", "threads", "device",
-                                                                                "torch", "command"]
+    cols += [f"{c}_{k}" for c in CATEGORY_NAMES for k in ("ms", "speedup")]
+    cols += ["between_ops_ms", "rel_spread", "noisy", "load_before", "load_after", "threads", "device", "torch",
+             "command"]
     print("wrote", *harness.write_rows(rows, out, f"latency_breakdown_b{args.batch}", cols))
+    note = harness.noisy_note(rows)
+    if note:
+        print(note, flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ time). Train rows: the SuperViT 4-sub-network step vs one plain step, and vs the
 
     python benchmarks/bench_models.py --device cpu                 # CPU set (part of `make bench`)
     python benchmarks/bench_models.py --device cuda --dtypes bf16 --batches 1 256 --modes eager compile
+
+Results go to a new run folder under runs/bench/ unless --out names one. Every row records the 1-minute load
+average before and after its timing, the spread (IQR / median) and a noisy flag (spread above 10%).
 """
 from __future__ import annotations
 
@@ -70,9 +73,9 @@ def eval_model(args, device, model_name, backend, mode, dtype_name, batch):
     subnets = [(None, None)] if is_timm else [(s, r) for s, r in model.subnets()]
     with harness.forced_backend("auto" if is_timm else backend):
         fns = {(size, ratio): eval_fn(model, x, size, ratio, mode, device, dtype) for size, ratio in subnets}
-        stats = harness.time_interleaved(fns, device, rounds=args.repeats,
-                                         warmup=args.warmup + (2 if mode != "eager" else 0),
-                                         min_seconds=args.min_seconds)
+        stats, cond = harness.measure(fns, device, dtype=dtype, batch=batch, backend=backend, mode=mode,
+                                      rounds=args.repeats, warmup=args.warmup + (2 if mode != "eager" else 0),
+                                      min_seconds=args.min_seconds)
     full_gmacs = flops("super_deit_s" if is_timm else model, 224, 1.0)
     rows = []
     for (size, ratio), t in stats.items():
@@ -80,10 +83,11 @@ def eval_model(args, device, model_name, backend, mode, dtype_name, batch):
         rows.append({"kind": "eval", "model": "timm_" + model_name if is_timm else model_name,
                      "backend": "timm-sdpa" if is_timm else backend, "mode": mode, "dtype": dtype_name,
                      "batch": batch, "img_size": size or 224, "keep_ratio": ratio or 1.0, "gmacs": gmacs,
-                     **t, "img_per_s": batch / (t["median_ms"] / 1e3), **harness.conditions(device)})
+                     **t, "img_per_s": batch / (t["median_ms"] / 1e3),
+                     **{k: v for k, v in cond.items() if k not in ("dtype", "batch", "backend", "mode")}})
         print(f"{rows[-1]['model']:>28} {rows[-1]['backend']:>9} {mode:>7} {dtype_name} b{batch:<4} "
               f"({rows[-1]['img_size']}, {rows[-1]['keep_ratio']}) {t['median_ms']:9.2f} ms "
-              f"{rows[-1]['img_per_s']:9.1f} img/s", flush=True)
+              f"{rows[-1]['img_per_s']:9.1f} img/s{'  NOISY' if t['noisy'] else ''}", flush=True)
     full = next(r for r in rows if r["img_size"] == 224 and r["keep_ratio"] == 1.0)
     for r in rows:
         r["speedup_vs_full"] = full["median_ms"] / r["median_ms"]
@@ -140,12 +144,13 @@ def train_rows(args, device):
         fn()
         harness.sync(device)
         peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    stats = harness.time_interleaved(steps, device, rounds=max(3, args.repeats // 2), warmup=0)
+    stats, cond = harness.measure(steps, device, dtype=dtype, batch=batch, mode="eager",
+                                  rounds=max(3, args.repeats // 2), warmup=0)
     for name, t in stats.items():
         rows.append({"kind": "train", "model": name, "dtype": dtype_name, "batch": batch,
                      "subnets": " ".join(f"({s},{r})" for s, r in step_subnets) if "4subnet" in name else "",
                      **t, "img_per_s": batch / (t["median_ms"] / 1e3), "peak_mem_mib": peaks[name],
-                     **harness.conditions(device)})
+                     **{k: v for k, v in cond.items() if k not in ("dtype", "batch")}})
         print(f"{name:>24} b{batch} {t['median_ms']:9.1f} ms", flush=True)
     weight = sum(flops("super_deit_s", s, r) for s, r in step_subnets) / flops("super_deit_s", 224, 1.0)
     expected = stats["supervit_full_pass"]["median_ms"] * weight
@@ -198,34 +203,52 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--models", nargs="+", default=["super_deit_s", "super_lvvit_s", TIMM_BASELINE])
-    p.add_argument("--backends", nargs="+", default=["auto", "reference"])
-    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile", "cudagraph"])
-    p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=list(DTYPES))
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    p.add_argument("--train-batch", type=int, default=32)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--models", nargs="+", default=["super_deit_s", "super_lvvit_s", TIMM_BASELINE],
+                   help="models to time (default: both super-networks and timm's DeiT-S)")
+    p.add_argument("--backends", nargs="+", default=["auto", "reference"],
+                   help="op backends of the super-networks (auto: the dispatcher's choice)")
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile", "cudagraph"],
+                   help="eager, torch.compile, or CUDA graphs (compile mode reduce-overhead)")
+    p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=list(DTYPES), help="autocast dtypes")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 32], help="eval batch sizes")
+    p.add_argument("--train-batch", type=int, default=32, help="batch of the training-step rows")
     p.add_argument("--no-train", action="store_true", help="skip the training-step rows")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each sub-network first")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (each round times every sub-network once)")
     p.add_argument("--min-seconds", type=float, default=0.0, help="keep repeating each row at least this long")
-    p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
-    args = p.parse_args(argv)
+    p.add_argument("--out", default=None,
+                   help="results folder (default: a new runs/bench/<device>-<time>; pass benchmarks/results/<device> "
+                        "to update the committed results)")
+    return p.parse_args(argv)
+
+
+TIMING_COLS = ["median_ms", "min_ms", "max_ms", "rel_spread", "noisy", "rounds"]
+CONDITION_COLS = ["load_before", "load_after", "device", "torch", "triton", "threads", "machine", "command"]
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = torch.device(args.device)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", harness.device_name(device))
+    out = harness.run_folder(device, args.out)
     rows = eval_rows(args, device)
-    eval_cols = ["model", "backend", "mode", "dtype", "batch", "img_size", "keep_ratio", "gmacs", "median_ms",
-                 "min_ms", "max_ms", "rounds", "img_per_s", "speedup_vs_full", "flop_ratio", "efficiency", "device", "torch",
-                 "triton", "threads", "machine", "command"]
+    eval_cols = ["model", "backend", "mode", "dtype", "batch", "img_size", "keep_ratio", "gmacs", *TIMING_COLS,
+                 "img_per_s", "speedup_vs_full", "flop_ratio", "efficiency", *CONDITION_COLS]
     print("wrote", *harness.write_rows(rows, out, "models_eval", eval_cols))
     plot(rows, os.path.join(out, "models_eval.png"))
     if not args.no_train:
         train = train_rows(args, device)
-        train_cols = ["model", "dtype", "batch", "subnets", "median_ms", "min_ms", "max_ms", "rounds", "img_per_s",
-                      "peak_mem_mib", "flop_weighted_ratio", "device", "torch", "threads", "machine", "command"]
+        train_cols = ["model", "dtype", "batch", "subnets", *TIMING_COLS, "img_per_s", "peak_mem_mib",
+                      "flop_weighted_ratio", *CONDITION_COLS]
         print("wrote", *harness.write_rows(train, out, "models_train", train_cols))
+        rows = rows + train
+    note = harness.noisy_note(rows)
+    if note:
+        print(note, flush=True)
+    return out
 
 
 if __name__ == "__main__":

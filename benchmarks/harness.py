@@ -14,8 +14,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
-from supervit.deploy.timing import (conditions, device_name, load_average, measure, summarize, sync,  # noqa: E402,F401
-                                    time_interleaved)
+from supervit.deploy.timing import (NOISY_SPREAD, conditions, device_name, load_average, measure,  # noqa: E402,F401
+                                    summarize, sync, time_interleaved)
 
 
 @contextlib.contextmanager
@@ -36,6 +36,29 @@ def cls_row_score(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tenso
     """The baseline our attention+score is measured against: the CLS row computed apart from the attention,
     head-mean softmax(q0 k^T * scale) at the patch keys, [B, N-1] from q, k [B, H, N, D]."""
     return torch.softmax((q[:, :, :1] @ k.transpose(-2, -1)) * scale, dim=-1)[:, :, 0, 1:].mean(dim=1)
+
+
+def run_folder(device, out: str | None = None) -> str:
+    """``out`` when given, else a new run folder ``runs/bench/<device>-<UTC time>`` in the repository, so a
+    benchmark never writes over the committed ``benchmarks/results`` unless asked to with ``--out``."""
+    if out:
+        return out
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return os.path.join(root, "runs", "bench", f"{device_name(device)}-{stamp}")
+
+
+def noisy_note(rows: list[dict]) -> str:
+    """One line saying how many rows are flagged noisy (and the load they ran under), or '' when none is."""
+    noisy = [r for r in rows if r.get("noisy")]
+    if not noisy:
+        return ""
+    loads = sorted(r["load_before"] for r in noisy if r.get("load_before") is not None)
+    load = f"; 1-min load {loads[0]:.2f}..{loads[-1]:.2f}" if loads else ""
+    return (f"warning: {len(noisy)} of {len(rows)} rows are noisy (spread IQR/median > {NOISY_SPREAD:.0%}{load}); "
+            "rerun them on a quieter machine before trusting their ratios")
 
 
 def write_rows(rows: list[dict], folder: str, stem: str, columns: list[str] | None = None) -> tuple[str, str]:

@@ -4,11 +4,15 @@ Timings themselves are not asserted (speed claims live in benchmarks/results, ne
 """
 import csv
 import os
+import subprocess
 import sys
 
+import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks")
+sys.path.insert(0, BENCH)
+import bench_latency_breakdown  # noqa: E402
 import bench_models  # noqa: E402
 import harness  # noqa: E402
 
@@ -43,3 +47,36 @@ def test_model_benchmark_writes_one_row_per_subnet_with_efficiency(tmp_path):
     assert abs(float(smallest["flop_ratio"]) - 6.2) < 0.1  # SPEC: 4.6 / 0.74 GMACs
     assert (tmp_path / "models_eval.md").read_text().startswith("| model |")
     assert (tmp_path / "models_eval.png").stat().st_size > 1000
+    for r in rows:  # every row says how loaded the machine was and whether its timing is trustworthy
+        assert float(r["load_before"]) >= 0 and float(r["load_after"]) >= 0
+        assert r["noisy"] in ("True", "False") and float(r["rel_spread"]) >= 0
+
+
+def test_run_cpu_help_runs_nothing(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "run_cpu.py"), "--help"], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0 and "--out" in done.stdout and "runs/bench" in done.stdout
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("module", [bench_models, bench_latency_breakdown])
+def test_runner_help_runs_nothing(module, capsys):
+    with pytest.raises(SystemExit) as done:
+        module.main(["--help"])
+    assert done.value.code == 0 and "--out" in capsys.readouterr().out
+
+
+def test_results_go_to_a_new_run_folder_unless_out_is_given(tmp_path):
+    default = harness.run_folder(torch.device("cpu"))
+    root = os.path.dirname(os.path.abspath(BENCH))
+    assert os.path.dirname(default) == os.path.join(root, "runs", "bench")
+    assert "benchmarks" not in os.path.relpath(default, root).split(os.sep)
+    assert harness.run_folder(torch.device("cpu"), str(tmp_path)) == str(tmp_path)
+
+
+def test_noisy_rows_are_counted_in_one_warning():
+    rows = [{"noisy": True, "load_before": 1.5}, {"noisy": False, "load_before": 0.2}, {"noisy": True,
+                                                                                      "load_before": 2.0}]
+    note = harness.noisy_note(rows)
+    assert note.startswith("warning: 2 of 3 rows are noisy") and "1.50..2.00" in note
+    assert harness.noisy_note([{"noisy": False}]) == ""

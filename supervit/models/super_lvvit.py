@@ -52,6 +52,7 @@ class SuperLVViT(SuperVisionTransformer):
         stem = ConvStemPatchEmbed(patch_size, in_chans, embed_dim, stem_dim)
         super().__init__(patch_embed=stem, **kwargs)
         self.aux_weight = aux_weight
+        self.arch_kwargs.update(aux_weight=float(aux_weight), stem_dim=int(stem_dim))
         self.aux_head = nn.Linear(embed_dim, self.num_classes) if self.num_classes > 0 else nn.Identity()
         if isinstance(self.aux_head, nn.Linear):
             trunc_normal_(self.aux_head.weight, std=0.02)

@@ -39,6 +39,12 @@ class SuperVisionTransformer(nn.Module):
         self.img_sizes = tuple(int(s) for s in img_sizes)
         self.keep_ratios = tuple(float(r) for r in keep_ratios)
         self.prune_layers = tuple(int(i) for i in prune_layers)
+        self.arch_kwargs = dict(  # what model_config() records; JSON-able plain values
+            img_sizes=list(self.img_sizes), keep_ratios=list(self.keep_ratios), prune_layers=list(self.prune_layers),
+            patch_size=int(patch_size), in_chans=int(in_chans), num_classes=int(num_classes),
+            embed_dim=int(embed_dim), depth=int(depth), num_heads=int(num_heads), mlp_ratio=float(mlp_ratio),
+            qkv_bias=bool(qkv_bias), drop_path_rate=float(drop_path_rate), norm_eps=float(norm_eps),
+            skip_lam=float(skip_lam))
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.num_classes = num_classes

@@ -1,0 +1,74 @@
+"""A super-network's architecture as plain JSON-able data, and the model rebuilt from it.
+
+Checkpoints store ``model_config(model)`` so that evaluation and deployment rebuild the same architecture (any
+configuration, e.g. the small demo network, not only the two registered defaults) without the training code.
+"""
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from .layers import ConvStemPatchEmbed, PatchEmbed
+from .super_deit import SuperDeiT
+from .super_lvvit import SuperLVViT
+
+# arch name -> (model class, patch embedding class it is rebuilt with)
+ARCHS: dict[str, tuple[type, type]] = {
+    "super_deit_s": (SuperDeiT, PatchEmbed),
+    "super_lvvit_s": (SuperLVViT, ConvStemPatchEmbed),
+}
+
+
+def model_config(model: nn.Module) -> dict:
+    """``{"arch": "super_deit_s" | "super_lvvit_s", "kwargs": {...}}`` describing ``model``'s architecture.
+
+    Every value is a plain JSON type (lists for tuples); ``create_from_config`` rebuilds the same architecture
+    (same state-dict names and shapes, same sub-networks). The classifier width is the current one (after
+    ``reset_classifier``).
+    """
+    for arch, (model_class, stem_class) in ARCHS.items():
+        if type(model) is model_class:
+            if type(model.patch_embed) is not stem_class:
+                raise ValueError(f"model_config: a {model_class.__name__} with a custom patch_embed "
+                                 f"({type(model.patch_embed).__name__}) cannot be described by its arguments")
+            kwargs = copy.deepcopy(model.arch_kwargs)
+            kwargs["num_classes"] = int(model.num_classes)
+            return {"arch": arch, "kwargs": kwargs}
+    raise ValueError(f"model_config: model must be a SuperDeiT or SuperLVViT, got {type(model).__name__}")
+
+
+def _arch_keys(arch: str) -> set:
+    with_stem = {"aux_weight", "stem_dim"} if arch == "super_lvvit_s" else set()
+    return {"img_sizes", "keep_ratios", "prune_layers", "patch_size", "in_chans", "num_classes", "embed_dim",
+            "depth", "num_heads", "mlp_ratio", "qkv_bias", "drop_path_rate", "norm_eps", "skip_lam"} | with_stem
+
+
+def check_model_config(config) -> tuple[str, dict]:
+    """(arch, kwargs) of a ``model_config`` dict; ValueError naming what is wrong otherwise."""
+    if not isinstance(config, dict) or not isinstance(config.get("kwargs"), dict):
+        raise ValueError(f"model config must be a dict {{'arch': one of {sorted(ARCHS)}, 'kwargs': dict}}, "
+                         f"got {config!r:.200}")
+    arch = config.get("arch")
+    if arch not in ARCHS:
+        raise ValueError(f"model config 'arch' must be one of {sorted(ARCHS)}, got {arch!r}")
+    unknown = sorted(set(config["kwargs"]) - _arch_keys(arch))
+    if unknown:
+        raise ValueError(f"model config kwargs of {arch} hold unknown keys {unknown}; accepted: "
+                         f"{sorted(_arch_keys(arch))}")
+    return arch, dict(config["kwargs"])
+
+
+def create_from_config(config: dict, **overrides) -> nn.Module:
+    """The model described by ``config`` (a ``model_config`` result), built through ``timm.create_model``.
+
+    Args:
+        config: ``{"arch": ..., "kwargs": {...}}``; missing kwargs take the registered model's defaults.
+        overrides: keyword arguments replacing those of the config (e.g. ``drop_path_rate=0.0``).
+    """
+    import timm
+
+    arch, kwargs = check_model_config(config)
+    kwargs.update(overrides)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    return timm.create_model(arch, pretrained=False, **kwargs)

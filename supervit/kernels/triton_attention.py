@@ -1,42 +1,50 @@
-"""Triton kernels of the fused attention: a flash-style forward that also yields the CLS score, and its backward.
+"""Triton kernels of ``attention``: a flash-style forward that also yields the CLS score, and its backward.
 
-Layout: q, k, v are contiguous [B, H, N, D]; out is [B, H, N, D] stored token-major ([B, N, H, D] contiguous, as
-every backend returns it, so that merging heads is a free view); the kernels address out through its strides. A
-flat grid runs over (b * H + h, row block). Logits live in the log2 domain (q.k * scale * log2(e)) so the kernels
-use exp2; ``lse`` is stored in natural-log units, as the reference backend stores it, so forward and backward of
-different backends stay interchangeable.
+Layout: q, k, v, grad_out and out are [B, H, N, D] tensors with a unit last-dim stride, read through their other
+strides (the models pass q, k, v as views of the fused qkv projection and out token-major, [B, N, H, D] in
+memory; neither is copied). The kernels write out token-major and dq, dk, dv contiguous. A flat grid runs over
+(b * H + h, row block). Logits live in the log2 domain (q.k * scale * log2(e)) so the kernels use exp2; ``lse``
+is stored in natural-log units, as the reference backend stores it, so forward and backward of different backends
+stay interchangeable.
 
-CLS score without the N x N matrix: the forward program that owns query row 0 stores that row's raw logits
-(one fp32 row per head, [B, H, N]); a tiny second kernel turns them into ``mean_h exp(s - lse)`` over the
-patch keys once the final lse is known (a deterministic sum over heads, no atomics).
+CLS score without the N x N matrix: before its main loop, the forward program that owns query row 0 computes that
+row's raw logits from q[0] and K (one fp32 row per head, [B, H, N]); its registers are free again before the
+online-softmax loop starts, so the score costs the main loop no registers or shared memory. A tiny second kernel
+turns the row into ``mean_h exp(s - lse)`` over the patch keys once the final lse is known (a deterministic sum
+over heads, no atomics).
 
-Backward (standard flash backward): ``delta = rowsum(dO * O)``; for the CLS row, the score gradient adds
-``grad_score[j-1] / H`` to dP at key columns j >= 1, so delta of row 0 also gets ``sum_j P0j grad_score / H``.
-One launch then computes dK, dV (program = key block, loop over query blocks) and dQ (program = query block,
-loop over key blocks): every output is written by exactly one program, no atomics.
+Backward: ``delta = rowsum(dO * O)``; for the CLS row, the score gradient adds ``grad_score[j-1] / H`` to dP at
+key columns j >= 1, so delta of row 0 also gets ``sum_j P0j grad_score / H``. One launch then computes dK, dV
+(program = key block, loop over query blocks). When the whole sequence fits in one key block (N <= BLOCK_BIG)
+that program also owns every dQ row and writes dQ = dS K inside the same loop (5 matmuls per tile, as
+FlashAttention-2); otherwise it then computes dQ of its query block in a second loop over key blocks (7 matmuls).
+Every output is written by exactly one program: no atomics, deterministic.
 
 Head dims that are not a power of two (or below 16) are zero-padded by the wrappers; the kernels themselves
 take a power-of-two HEAD_DIM in [16, 256].
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .reference import empty_token_major, token_major
+from .contract import empty_token_major, token_major
+from .triton_launch import INTERPRET, configs_for_length, on_device, pow2_at_least, unit_last_dim
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_HEAD_DIM = 256
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
+# Tiles of the small kernels, in elements of one fp32 [rows, D] tile: 4096 (16 registers a thread at 8 warps)
+# for the delta kernel's o and dO tiles, 2048 for the CLS-row key tiles, which sit beside other live values.
+_DELTA_TILE = 4096
+_CLS_KEY_TILE = 2048
+_INTERPRET_TILE = 128  # one or two big tiles per head under the interpreter (each program costs ~1 ms there)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Forward
+# Helpers shared by the kernels
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
 def _block_and_head(N, BLOCK: tl.constexpr):
@@ -48,31 +56,41 @@ def _block_and_head(N, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _out_rows(bh, offs_m, offs_d, H, so_b, so_h, so_n):
-    """[BLOCK_M, D] offsets of rows ``offs_m`` of head b*H+h in ``out``, addressed through its strides."""
-    return (bh // H) * so_b + (bh % H) * so_h + offs_m[:, None] * so_n + offs_d[None, :]
+def _head(P, bh, H, s_b, s_h):
+    """Pointer to head b*H+h of a [B, H, N, D] tensor with batch / head strides s_b, s_h."""
+    return P + (bh // H) * s_b + (bh % H) * s_h
 
 
 @triton.jit
-def _fwd_block(acc, m_i, l_i, q, K, V, S0, start, offs_d, N, qk_scale, first_rows,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-               MASK: tl.constexpr, STORE_S0: tl.constexpr, DOT_PREC: tl.constexpr):
+def _load_rows(P, offs, offs_d, s_n, N, MASK: tl.constexpr):
+    """[len(offs), D] rows ``offs`` of one head (row stride s_n); rows >= N read as 0 when MASK."""
+    ptrs = P + offs[:, None] * s_n + offs_d[None, :]
+    if MASK:
+        return tl.load(ptrs, mask=offs[:, None] < N, other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _cls_logits(q0, K, start, offs_d, N, sk_n, qk_scale, BLOCK_N: tl.constexpr):
+    """(s0 [BLOCK_N] fp32 log2 logits q[0].k_j * scale of keys j in [start, +BLOCK_N), key ids [BLOCK_N])."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    k = _load_rows(K, offs_n, offs_d, sk_n, N, True).to(tl.float32)  # [BLOCK_N, D]
+    return tl.sum(k * q0[None, :], 1) * qk_scale, offs_n
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_block(acc, m_i, l_i, q, K, V, start, offs_d, N, sk_n, sv_n, qk_scale,
+               BLOCK_N: tl.constexpr, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
     """One key block of the online softmax; returns the updated (acc, m_i, l_i)."""
     offs_n = start + tl.arange(0, BLOCK_N)  # [BLOCK_N] key ids
-    kv_off = offs_n[:, None] * HEAD_DIM + offs_d[None, :]  # [BLOCK_N, D]
-    if MASK:
-        k = tl.load(K + kv_off, mask=offs_n[:, None] < N, other=0.0)
-        v = tl.load(V + kv_off, mask=offs_n[:, None] < N, other=0.0)
-    else:
-        k = tl.load(K + kv_off)
-        v = tl.load(V + kv_off)
+    k = _load_rows(K, offs_n, offs_d, sk_n, N, MASK)  # [BLOCK_N, D]
+    v = _load_rows(V, offs_n, offs_d, sv_n, N, MASK)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # [BLOCK_M, BLOCK_N] log2 logits
     if MASK:
         s = tl.where(offs_n[None, :] < N, s, float("-inf"))
-    if STORE_S0:
-        if first_rows:  # this program owns the CLS query row: keep its raw logits for the score pass
-            rows = tl.arange(0, BLOCK_M)[:, None]  # [BLOCK_M, 1]
-            tl.store(S0 + offs_n[None, :] + rows * 0, s, mask=(rows == 0) & (offs_n[None, :] < N))
     m_new = tl.maximum(m_i, tl.max(s, 1))  # [BLOCK_M]
     p = tl.math.exp2(s - m_new[:, None])  # [BLOCK_M, BLOCK_N]
     alpha = tl.math.exp2(m_i - m_new)
@@ -82,35 +100,38 @@ def _fwd_block(acc, m_i, l_i, q, K, V, S0, start, offs_d, N, qk_scale, first_row
 
 
 @triton.jit
-def _attn_fwd_kernel(Q, K, V, Out, Lse, S0, N, N_BUCKET, qk_scale, H, so_b, so_h, so_n,
-                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     STORE_S0: tl.constexpr, DOT_PREC: tl.constexpr):
+def _attention_fwd_kernel(Q, K, V, Out, Lse, S0, N, N_BUCKET, qk_scale, H,
+                          sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_n,
+                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          STORE_S0: tl.constexpr, DOT_PREC: tl.constexpr):
     """out = softmax(q k^T * scale) v for one (query block, b*H+h); writes out, lse and (opt.) row-0 logits."""
     pid_m, bh = _block_and_head(N, BLOCK_M)
-    base = bh * N * HEAD_DIM
-    Q += base
-    K += base
-    V += base
-    S0 += bh * N
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] query ids
+    Q = _head(Q, bh, H, sq_b, sq_h)
+    K = _head(K, bh, H, sk_b, sk_h)
+    V = _head(V, bh, H, sv_b, sv_h)
     offs_d = tl.arange(0, HEAD_DIM)
+    if STORE_S0:
+        if pid_m == 0:  # this program owns the CLS query row: its raw logits for the score pass
+            q0 = tl.load(Q + offs_d).to(tl.float32)  # [D]
+            for start in range(0, N, BLOCK_N):
+                s0, offs_n = _cls_logits(q0, K, start, offs_d, N, sk_n, qk_scale, BLOCK_N)
+                tl.store(S0 + bh * N + offs_n, s0, mask=offs_n < N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] query ids
     row_ok = offs_m < N
-    q_off = offs_m[:, None] * HEAD_DIM + offs_d[None, :]  # [BLOCK_M, D]
-    q = tl.load(Q + q_off, mask=row_ok[:, None], other=0.0)
+    q = _load_rows(Q, offs_m, offs_d, sq_n, N, True)  # [BLOCK_M, D]
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    first_rows = pid_m == 0
     n_full = N - N % BLOCK_N
     for start in range(0, n_full, BLOCK_N):  # full key blocks: no masks
-        acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, K, V, S0, start, offs_d, N, qk_scale, first_rows,
-                                   BLOCK_M, BLOCK_N, HEAD_DIM, False, STORE_S0, DOT_PREC)
+        acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, K, V, start, offs_d, N, sk_n, sv_n, qk_scale,
+                                   BLOCK_N, False, DOT_PREC)
     if n_full < N:  # the ragged tail
-        acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, K, V, S0, n_full, offs_d, N, qk_scale, first_rows,
-                                   BLOCK_M, BLOCK_N, HEAD_DIM, True, STORE_S0, DOT_PREC)
+        acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, K, V, n_full, offs_d, N, sk_n, sv_n, qk_scale,
+                                   BLOCK_N, True, DOT_PREC)
     out = acc / l_i[:, None]
-    o_off = _out_rows(bh, offs_m, offs_d, H, so_b, so_h, so_n)  # [BLOCK_M, D]
-    tl.store(Out + o_off, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    Out = _head(Out, bh, H, so_b, so_h)
+    tl.store(Out + offs_m[:, None] * so_n + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     tl.store(Lse + bh * N + offs_m, (m_i + tl.math.log2(l_i)) * _LN2, mask=row_ok)
 
 
@@ -133,52 +154,45 @@ def _cls_score_kernel(S0, Lse, Score, N, H, BLOCK: tl.constexpr):
 # Backward
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _bwd_delta_kernel(O, DO, Q, K, Lse, GS, Delta, N, H, qk_scale, so_b, so_h, so_n,
+def _bwd_delta_kernel(O, DO, Q, K, Lse, GS, Delta, N, H, qk_scale,
+                      so_b, so_h, so_n, sd_b, sd_h, sd_n, sq_b, sq_h, sk_b, sk_h, sk_n,
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_GS: tl.constexpr):
     """delta = rowsum(dO * O); row 0 also gets sum_j P0j * grad_score[j-1] / H when the score has a gradient."""
     pid_m, bh = _block_and_head(N, BLOCK_M)
-    base = bh * N * HEAD_DIM
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < N
-    off = base + offs_m[:, None] * HEAD_DIM + offs_d[None, :]  # [BLOCK_M, D]
-    o_off = _out_rows(bh, offs_m, offs_d, H, so_b, so_h, so_n)  # out through its strides
-    o = tl.load(O + o_off, mask=row_ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO + off, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    o = _load_rows(_head(O, bh, H, so_b, so_h), offs_m, offs_d, so_n, N, True).to(tl.float32)  # [BLOCK_M, D]
+    do = _load_rows(_head(DO, bh, H, sd_b, sd_h), offs_m, offs_d, sd_n, N, True).to(tl.float32)
     delta = tl.sum(o * do, 1)  # [BLOCK_M]
     if HAS_GS:
         if pid_m == 0:
-            b = bh // H
-            q0 = tl.load(Q + base + offs_d).to(tl.float32)  # [D] the CLS query
+            q0 = tl.load(_head(Q, bh, H, sq_b, sq_h) + offs_d).to(tl.float32)  # [D] the CLS query
+            K = _head(K, bh, H, sk_b, sk_h)
+            GS += (bh // H) * (N - 1) - 1  # GS[j] = grad_score[b, j - 1] for key id j >= 1
             lse2 = tl.load(Lse + bh * N) * _LOG2E
             extra = tl.zeros([BLOCK_N], tl.float32)
             for start in range(0, N, BLOCK_N):
-                offs_n = start + tl.arange(0, BLOCK_N)
-                kt = tl.load(K + base + offs_n[:, None] * HEAD_DIM + offs_d[None, :],
-                             mask=offs_n[:, None] < N, other=0.0).to(tl.float32)  # [BLOCK_N, D]
-                p0 = tl.math.exp2(tl.sum(kt * q0[None, :], 1) * qk_scale - lse2)  # [BLOCK_N] P[0, j]
-                g = tl.load(GS + b * (N - 1) + offs_n - 1, mask=(offs_n >= 1) & (offs_n < N), other=0.0)
-                extra += p0 * g
+                s0, offs_n = _cls_logits(q0, K, start, offs_d, N, sk_n, qk_scale, BLOCK_N)
+                g = tl.load(GS + offs_n, mask=(offs_n >= 1) & (offs_n < N), other=0.0)
+                extra += tl.math.exp2(s0 - lse2) * g  # P[0, j] * grad_score[j - 1]
             delta = tl.where(offs_m == 0, delta + tl.sum(extra, 0) / H, delta)
-    tl.store(Delta + bh * N + offs_m, delta, mask=row_ok)
+    tl.store(Delta + bh * N + offs_m, delta, mask=offs_m < N)
 
 
 @triton.jit
-def _dkdv_block(dk, dv, k, v, gs_k, Q, DO, Lse, Delta, start, offs_d, N, qk_scale,
-                BLOCK_Q: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, HAS_GS: tl.constexpr,
-                DOT_PREC: tl.constexpr):
-    """Contribution of query block [start, +BLOCK_Q) to dK, dV of one key block (kept transposed: [keys, queries])."""
+def _dkdv_block(dk, dv, k, v, gs_k, Q, DO, Lse, Delta, start, offs_d, N, sq_n, sd_n, qk_scale,
+                BLOCK_Q: tl.constexpr, MASK: tl.constexpr, HAS_GS: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Contribution of query block [start, +BLOCK_Q) to dK, dV of one key block (kept transposed: [keys, queries]).
+
+    Returns (dk, dv, ds_t): ds_t [BIG, SMALL] = dS^T of this tile (unscaled), for the one-key-block dQ."""
     offs_q = start + tl.arange(0, BLOCK_Q)  # [SMALL] query ids
-    q_off = offs_q[:, None] * HEAD_DIM + offs_d[None, :]  # [SMALL, D]
+    q = _load_rows(Q, offs_q, offs_d, sq_n, N, MASK)  # [SMALL, D]
+    do = _load_rows(DO, offs_q, offs_d, sd_n, N, MASK)
     if MASK:
         q_ok = offs_q < N
-        q = tl.load(Q + q_off, mask=q_ok[:, None], other=0.0)
-        do = tl.load(DO + q_off, mask=q_ok[:, None], other=0.0)
         lse2 = tl.load(Lse + offs_q, mask=q_ok, other=float("inf")) * _LOG2E  # padded rows -> P = 0
         delta = tl.load(Delta + offs_q, mask=q_ok, other=0.0)
     else:
-        q = tl.load(Q + q_off)
-        do = tl.load(DO + q_off)
         lse2 = tl.load(Lse + offs_q) * _LOG2E
         delta = tl.load(Delta + offs_q)
     s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BIG, SMALL] = S^T
@@ -190,22 +204,16 @@ def _dkdv_block(dk, dv, k, v, gs_k, Q, DO, Lse, Delta, start, offs_d, N, qk_scal
             dp_t += tl.where(offs_q[None, :] == 0, gs_k[:, None], 0.0)
     ds_t = p_t * (dp_t - delta[None, :])
     dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
-    return dk, dv
+    return dk, dv, ds_t
 
 
 @triton.jit
-def _dq_block(dq, q, do, lse2, delta, offs_q, K, V, GS, start, offs_d, N, qk_scale, inv_h, first_rows,
-              BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, HAS_GS: tl.constexpr,
-              DOT_PREC: tl.constexpr):
+def _dq_block(dq, q, do, lse2, delta, offs_q, K, V, GS, start, offs_d, N, sk_n, sv_n, qk_scale, inv_h, first_rows,
+              BLOCK_K: tl.constexpr, MASK: tl.constexpr, HAS_GS: tl.constexpr, DOT_PREC: tl.constexpr):
     """Contribution of key block [start, +BLOCK_K) to dQ of one query block."""
     offs_n = start + tl.arange(0, BLOCK_K)  # [SMALL] key ids
-    kv_off = offs_n[:, None] * HEAD_DIM + offs_d[None, :]
-    if MASK:
-        kb = tl.load(K + kv_off, mask=offs_n[:, None] < N, other=0.0)
-        vb = tl.load(V + kv_off, mask=offs_n[:, None] < N, other=0.0)
-    else:
-        kb = tl.load(K + kv_off)
-        vb = tl.load(V + kv_off)
+    kb = _load_rows(K, offs_n, offs_d, sk_n, N, MASK)  # [SMALL, D]
+    vb = _load_rows(V, offs_n, offs_d, sv_n, N, MASK)
     s = tl.dot(q, tl.trans(kb), input_precision=DOT_PREC) * qk_scale  # [BIG, SMALL]
     if MASK:
         s = tl.where(offs_n[None, :] < N, s, float("-inf"))
@@ -220,82 +228,87 @@ def _dq_block(dq, q, do, lse2, delta, offs_q, K, V, GS, start, offs_d, N, qk_sca
     return dq
 
 
+# A separate compiled variant for one key block: the fused dQ path would otherwise hold its registers in every
+# launch. Within one autotune bucket of N it is fixed per config (N <= BLOCK_BIG iff BLOCK_BIG >= the bucket).
+@triton.heuristics({"ONE_KEY_BLOCK": lambda args: args["N"] <= args["BLOCK_BIG"]})
 @triton.jit
-def _attn_bwd_kernel(Q, K, V, DO, DQ, DK, DV, Lse, Delta, GS, N, N_BUCKET, H, scale, qk_scale,
-                     HEAD_DIM: tl.constexpr, BLOCK_SMALL: tl.constexpr, BLOCK_BIG: tl.constexpr,
-                     HAS_GS: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Program (i, b*H+h): dK, dV of key block i (loop over query blocks), then dQ of query block i."""
+def _attention_bwd_kernel(Q, K, V, DO, DQ, DK, DV, Lse, Delta, GS, N, N_BUCKET, H, scale, qk_scale,
+                          sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sd_b, sd_h, sd_n,
+                          HEAD_DIM: tl.constexpr, BLOCK_SMALL: tl.constexpr, BLOCK_BIG: tl.constexpr,
+                          HAS_GS: tl.constexpr, DOT_PREC: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr):
+    """Program (i, b*H+h): dK, dV of key block i (loop over query blocks), and dQ: in the same loop when key
+    block 0 is the whole sequence (ONE_KEY_BLOCK), else of query block i in a second loop over key blocks."""
     pid, bh = _block_and_head(N, BLOCK_BIG)
-    b = bh // H
-    base = bh * N * HEAD_DIM
-    Q += base
-    K += base
-    V += base
-    DO += base
+    Q = _head(Q, bh, H, sq_b, sq_h)
+    K = _head(K, bh, H, sk_b, sk_h)
+    V = _head(V, bh, H, sv_b, sv_h)
+    DO = _head(DO, bh, H, sd_b, sd_h)
+    out_base = bh * N * HEAD_DIM  # dq, dk, dv are contiguous
     Lse += bh * N
     Delta += bh * N
-    GS += b * (N - 1) - 1  # GS[j] = grad_score[b, j - 1] for key id j >= 1
+    GS += (bh // H) * (N - 1) - 1  # GS[j] = grad_score[b, j - 1] for key id j >= 1
     offs_d = tl.arange(0, HEAD_DIM)
     inv_h = 1.0 / H
     n_full = N - N % BLOCK_SMALL
 
-    # ---- dK, dV of the key block [pid * BLOCK_BIG, +BLOCK_BIG) ----
+    # ---- dK, dV of the key block [pid * BLOCK_BIG, +BLOCK_BIG) (and all of dQ when it is the only block) ----
     offs_k = pid * BLOCK_BIG + tl.arange(0, BLOCK_BIG)  # [BIG] key ids
     k_ok = offs_k < N
-    kv_off = offs_k[:, None] * HEAD_DIM + offs_d[None, :]  # [BIG, D]
-    k = tl.load(K + kv_off, mask=k_ok[:, None], other=0.0)
-    v = tl.load(V + kv_off, mask=k_ok[:, None], other=0.0)
+    k = _load_rows(K, offs_k, offs_d, sk_n, N, True)  # [BIG, D]
+    v = _load_rows(V, offs_k, offs_d, sv_n, N, True)
     dk = tl.zeros([BLOCK_BIG, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_BIG, HEAD_DIM], tl.float32)
     gs_k = tl.zeros([BLOCK_BIG], tl.float32)
     if HAS_GS:
         gs_k = tl.load(GS + offs_k, mask=(offs_k >= 1) & k_ok, other=0.0) * inv_h  # [BIG]
     for start in range(0, n_full, BLOCK_SMALL):
-        dk, dv = _dkdv_block(dk, dv, k, v, gs_k, Q, DO, Lse, Delta, start, offs_d, N, qk_scale,
-                             BLOCK_SMALL, HEAD_DIM, False, HAS_GS, DOT_PREC)
+        dk, dv, ds_t = _dkdv_block(dk, dv, k, v, gs_k, Q, DO, Lse, Delta, start, offs_d, N, sq_n, sd_n, qk_scale,
+                                   BLOCK_SMALL, False, HAS_GS, DOT_PREC)
+        if ONE_KEY_BLOCK:  # padded key rows of k are 0: they add nothing to dQ = dS K
+            dq_rows = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=DOT_PREC)  # [SMALL, D]
+            offs_q = start + tl.arange(0, BLOCK_SMALL)
+            tl.store(DQ + out_base + offs_q[:, None] * HEAD_DIM + offs_d[None, :],
+                     (dq_rows * scale).to(DQ.dtype.element_ty))
     if n_full < N:
-        dk, dv = _dkdv_block(dk, dv, k, v, gs_k, Q, DO, Lse, Delta, n_full, offs_d, N, qk_scale,
-                             BLOCK_SMALL, HEAD_DIM, True, HAS_GS, DOT_PREC)
-    tl.store(DK + base + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=k_ok[:, None])
-    tl.store(DV + base + kv_off, dv.to(DV.dtype.element_ty), mask=k_ok[:, None])
+        dk, dv, ds_t = _dkdv_block(dk, dv, k, v, gs_k, Q, DO, Lse, Delta, n_full, offs_d, N, sq_n, sd_n, qk_scale,
+                                   BLOCK_SMALL, True, HAS_GS, DOT_PREC)
+        if ONE_KEY_BLOCK:
+            dq_rows = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=DOT_PREC)
+            offs_q = n_full + tl.arange(0, BLOCK_SMALL)
+            tl.store(DQ + out_base + offs_q[:, None] * HEAD_DIM + offs_d[None, :],
+                     (dq_rows * scale).to(DQ.dtype.element_ty), mask=offs_q[:, None] < N)
+    kv_off = out_base + offs_k[:, None] * HEAD_DIM + offs_d[None, :]  # [BIG, D]
+    tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=k_ok[:, None])
+    tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=k_ok[:, None])
 
-    # ---- dQ of the query block [pid * BLOCK_BIG, +BLOCK_BIG) ----
-    offs_q = pid * BLOCK_BIG + tl.arange(0, BLOCK_BIG)  # [BIG] query ids
-    q_ok = offs_q < N
-    q_off = offs_q[:, None] * HEAD_DIM + offs_d[None, :]
-    q = tl.load(Q + q_off, mask=q_ok[:, None], other=0.0)
-    do = tl.load(DO + q_off, mask=q_ok[:, None], other=0.0)
-    lse2 = tl.load(Lse + offs_q, mask=q_ok, other=float("inf")) * _LOG2E  # padded rows -> P = 0
-    delta = tl.load(Delta + offs_q, mask=q_ok, other=0.0)
-    dq = tl.zeros([BLOCK_BIG, HEAD_DIM], tl.float32)
-    first_rows = pid == 0
-    for start in range(0, n_full, BLOCK_SMALL):
-        dq = _dq_block(dq, q, do, lse2, delta, offs_q, K, V, GS, start, offs_d, N, qk_scale, inv_h, first_rows,
-                       BLOCK_SMALL, HEAD_DIM, False, HAS_GS, DOT_PREC)
-    if n_full < N:
-        dq = _dq_block(dq, q, do, lse2, delta, offs_q, K, V, GS, n_full, offs_d, N, qk_scale, inv_h, first_rows,
-                       BLOCK_SMALL, HEAD_DIM, True, HAS_GS, DOT_PREC)
-    tl.store(DQ + base + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=q_ok[:, None])
+    # ---- dQ of the query block [pid * BLOCK_BIG, +BLOCK_BIG) when there are several key blocks ----
+    if not ONE_KEY_BLOCK:
+        offs_q = pid * BLOCK_BIG + tl.arange(0, BLOCK_BIG)  # [BIG] query ids
+        q_ok = offs_q < N
+        q = _load_rows(Q, offs_q, offs_d, sq_n, N, True)
+        do = _load_rows(DO, offs_q, offs_d, sd_n, N, True)
+        lse2 = tl.load(Lse + offs_q, mask=q_ok, other=float("inf")) * _LOG2E  # padded rows -> P = 0
+        delta = tl.load(Delta + offs_q, mask=q_ok, other=0.0)
+        dq = tl.zeros([BLOCK_BIG, HEAD_DIM], tl.float32)
+        first_rows = pid == 0
+        for start in range(0, n_full, BLOCK_SMALL):
+            dq = _dq_block(dq, q, do, lse2, delta, offs_q, K, V, GS, start, offs_d, N, sk_n, sv_n, qk_scale, inv_h,
+                           first_rows, BLOCK_SMALL, False, HAS_GS, DOT_PREC)
+        if n_full < N:
+            dq = _dq_block(dq, q, do, lse2, delta, offs_q, K, V, GS, n_full, offs_d, N, sk_n, sv_n, qk_scale, inv_h,
+                           first_rows, BLOCK_SMALL, True, HAS_GS, DOT_PREC)
+        tl.store(DQ + out_base + offs_q[:, None] * HEAD_DIM + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+                 mask=q_ok[:, None])
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Launch configuration: autotuned on GPU (keyed on the power-of-two bucket of N), one big tile under the
-# interpreter (each program instance costs about a millisecond there).
+# interpreter.
 # ----------------------------------------------------------------------------------------------------------------
-def _bucket(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
-
-
-def _prune_by_length(configs, named_args, **_):
-    """Drop tiles far larger than the sequence (keep at least one config)."""
-    limit = max(32, named_args["N_BUCKET"])
-    kept = [c for c in configs if max(v for n, v in c.kwargs.items() if n.startswith("BLOCK")) <= limit]
-    return kept or configs[-1:]
-
-
-# (block, block, warps, stages) per (kind, head dim). Chosen from an ahead-of-time sm_90 compile sweep so that no
-# config spills registers (or spills least); which one is fastest is left to the autotuner. "ieee" = fp32 inputs
-# with exact fp32 products, whose FMA-based dots need small tiles.
+# (block, block, warps, stages) per (kind, head dim): (BLOCK_M, BLOCK_N) forward, (BLOCK_SMALL, BLOCK_BIG)
+# backward. Chosen from the ahead-of-time sm_90 compile (python -m supervit.kernels.triton_aot) so that no config
+# spills registers; which one is fastest is left to the autotuner. "ieee" = fp32 inputs with exact fp32 products,
+# whose FMA-based dots need small tiles. A head dim uses the row of the smallest listed dim >= it.
 _FWD_TABLE = {
     ("mma", 64): ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2)),
     ("mma", 128): ((128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 3), (32, 32, 4, 2)),
@@ -316,28 +329,37 @@ def _tuned(kind: str, head_dim: int, backward: bool):
     """The autotuned fwd/bwd kernel for fp32-exact ("ieee") or tensor-core ("mma") dots at this head dim."""
     table = _BWD_TABLE if backward else _FWD_TABLE
     dims = sorted(d for k, d in table if k == kind)
-    dim = next((d for d in dims if d >= head_dim), dims[-1])  # the row for the smallest listed dim >= head_dim
+    dim = next((d for d in dims if d >= head_dim), dims[-1])
     key = (kind, dim, backward)
     if key not in _tuned_kernels:
         names = ("BLOCK_SMALL", "BLOCK_BIG") if backward else ("BLOCK_M", "BLOCK_N")
         configs = [triton.Config(dict(zip(names, (a, b))), num_warps=w, num_stages=st)
                    for a, b, w, st in table[(kind, dim)]]
-        kernel = _attn_bwd_kernel if backward else _attn_fwd_kernel
+        kernel = _attention_bwd_kernel if backward else _attention_fwd_kernel
         tune_key = ["N_BUCKET", "HEAD_DIM", "HAS_GS" if backward else "STORE_S0"]
         _tuned_kernels[key] = triton.autotune(configs, key=tune_key,
-                                              prune_configs_by={"early_config_prune": _prune_by_length})(kernel)
+                                              prune_configs_by={"early_config_prune": configs_for_length})(kernel)
     return _tuned_kernels[key]
 
 
-def _interp_block(n: int) -> int:
-    return min(128, _bucket(n))
+def tf32_allowed() -> bool:
+    """Whether the user allowed TF32 for fp32 matmuls, read through the API that cannot raise.
+
+    Since torch 2.9 the legacy getter ``torch.backends.cuda.matmul.allow_tf32`` raises once the new
+    ``fp32_precision`` API was used; ``fp32_precision`` reflects both APIs ("none" inherits the global setting).
+    """
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:  # torch before 2.9: only the legacy flag exists
+        return bool(matmul.allow_tf32)
+    if precision == "none":
+        precision = getattr(torch.backends, "fp32_precision", "none")
+    return precision == "tf32"
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs use exact fp32 products unless the user allowed TF32 for matmuls."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+    """fp32 inputs use exact fp32 products unless the user allowed TF32 for matmuls (half types ignore it)."""
+    return "ieee" if dtype == torch.float32 and not tf32_allowed() else "tf32"
 
 
 def _dot_kind(precision: str) -> str:
@@ -345,88 +367,103 @@ def _dot_kind(precision: str) -> str:
 
 
 def _padded_dim(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
+    """The kernels' HEAD_DIM for head dim ``d`` (also the sequence bucket of the autotune key)."""
+    return pow2_at_least(d, 16)
 
 
 def _pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-    return t if t.shape[-1] == dim else F.pad(t, (0, dim - t.shape[-1]))
+    return unit_last_dim(t) if t.shape[-1] == dim else F.pad(t, (0, dim - t.shape[-1]))
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, head, token) strides of a [B, H, N, D] tensor with a unit last-dim stride."""
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _interpret_tile(n: int) -> int:
+    return min(_INTERPRET_TILE, _padded_dim(n))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Wrappers (the triton backend calls these)
 # ----------------------------------------------------------------------------------------------------------------
-def attention_fwd(q, k, v, scale: float, return_cls_score: bool, blocks: tuple[int, int] | None = None):
+def attention_forward(q, k, v, scale: float, return_cls_score: bool, blocks: tuple[int, int] | None = None):
     """Fused attention forward.
 
     Args:
-        q, k, v: [B, H, N, D] contiguous, one dtype (fp32/fp16/bf16), D <= 256.
+        q, k, v: [B, H, N, D], one dtype (fp32/fp16/bf16), D <= 256, any strides (a non-unit last-dim stride
+            costs a copy).
         scale: logit scale.
         return_cls_score: also compute score [B, N-1] = head-mean softmax row 0 at the patch keys.
         blocks: (BLOCK_M, BLOCK_N) to bypass autotuning (tests); default: autotuned / interpreter tile.
 
     Returns:
-        (out [B, H, N, D] q.dtype, score [B, N-1] fp32 or [B, 0], lse [B, H, N] fp32 natural log).
+        (out [B, H, N, D] q.dtype token-major, score [B, N-1] fp32 or [B, 0], lse [B, H, N] fp32 natural log).
     """
     batch, heads, tokens, dim = q.shape
     dp = _padded_dim(dim)
     if dp > MAX_HEAD_DIM:
         raise ValueError(f"head dim {dim} is above the Triton kernels' limit {MAX_HEAD_DIM}")
-    q, k, v = (_pad(t, dp).contiguous() for t in (q, k, v))
+    q, k, v = (_pad(t, dp) for t in (q, k, v))
     out = empty_token_major(batch, heads, tokens, dp, q)  # [B, H, N, Dp] token-major
     lse = torch.empty((batch, heads, tokens), device=q.device, dtype=torch.float32)
     s0 = torch.empty_like(lse) if return_cls_score else lse  # [B, H, N] row-0 logits (log2 domain)
-    args = (q, k, v, out, lse, s0, tokens, _bucket(tokens), scale * 1.4426950408889634, heads, *out.stride()[:3])
+    args = (q, k, v, out, lse, s0, tokens, _padded_dim(tokens), scale * 1.4426950408889634, heads,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out))
     meta = dict(HEAD_DIM=dp, STORE_S0=return_cls_score, DOT_PREC=_dot_precision(q.dtype))
-    if blocks is None and not _INTERPRET:
-        grid = lambda m: (triton.cdiv(tokens, m["BLOCK_M"]) * batch * heads,)  # noqa: E731
-        _tuned(_dot_kind(meta["DOT_PREC"]), dp, backward=False)[grid](*args, **meta)
-    else:
-        bm, bn = blocks or (_interp_block(tokens),) * 2
-        _attn_fwd_kernel[(triton.cdiv(tokens, bm) * batch * heads,)](*args, BLOCK_M=bm, BLOCK_N=bn, **meta)
-    if return_cls_score:
-        score = torch.empty((batch, tokens - 1), device=q.device, dtype=torch.float32)
-        if tokens > 1:
-            block = min(1024, _bucket(tokens - 1))
+    with on_device(q):
+        if blocks is None and not INTERPRET:
+            grid = lambda m: (triton.cdiv(tokens, m["BLOCK_M"]) * batch * heads,)  # noqa: E731
+            _tuned(_dot_kind(meta["DOT_PREC"]), dp, backward=False)[grid](*args, **meta)
+        else:
+            bm, bn = blocks or (_interpret_tile(tokens),) * 2
+            _attention_fwd_kernel[(triton.cdiv(tokens, bm) * batch * heads,)](*args, BLOCK_M=bm, BLOCK_N=bn, **meta)
+        score = torch.empty((batch, tokens - 1 if return_cls_score else 0), device=q.device, dtype=torch.float32)
+        if return_cls_score and tokens > 1:
+            block = min(1024, pow2_at_least(tokens - 1, 16))  # patch keys per program: one or a few per sample
             _cls_score_kernel[(batch, triton.cdiv(tokens - 1, block))](s0, lse, score, tokens, heads, BLOCK=block)
-    else:
-        score = torch.empty((batch, 0), device=q.device, dtype=torch.float32)
     if dp != dim:
         out = token_major(out[..., :dim])
     return out, score, lse
 
 
-def attention_bwd(grad_out, grad_score, q, k, v, out, lse, scale: float, has_score_grad: bool,
-                  blocks: tuple[int, int] | None = None):
-    """Gradients (dq, dk, dv) of ``attention_fwd`` for upstream grads on out and (optionally) on score.
+def attention_backward(grad_out, grad_score, q, k, v, out, lse, scale: float, has_score_grad: bool,
+                       blocks: tuple[int, int] | None = None):
+    """Gradients (dq, dk, dv) of ``attention_forward`` for upstream grads on out and (optionally) on score.
 
     Args:
-        grad_out, q, k, v, out: [B, H, N, D] (out in any layout with a unit last-dim stride);
-        grad_score: [B, N-1] fp32 (read only when ``has_score_grad``); lse: [B, H, N] fp32 from the forward;
+        grad_out, q, k, v, out: [B, H, N, D], any strides (a non-unit last-dim stride costs a copy);
+        grad_score: [B, N-1] (read only when ``has_score_grad``); lse: [B, H, N] fp32 from the forward;
         blocks: (BLOCK_SMALL, BLOCK_BIG) to bypass autotuning.
+
+    Returns:
+        (dq, dk, dv), contiguous [B, H, N, D] in q.dtype.
     """
     batch, heads, tokens, dim = q.shape
     dp = _padded_dim(dim)
-    q, k, v, grad_out = (_pad(t, dp).contiguous() for t in (q, k, v, grad_out))
-    out = _pad(out, dp)
-    out = out if out.stride(-1) == 1 else out.contiguous()
-    grad_out = grad_out.to(q.dtype)
+    q, k, v, out = (_pad(t, dp) for t in (q, k, v, out))
+    grad_out = _pad(grad_out.to(q.dtype), dp)
     lse = lse.contiguous()
     gs = grad_score.contiguous().float() if has_score_grad else lse  # [B, N-1] fp32
     qk_scale = scale * 1.4426950408889634
     delta = torch.empty_like(lse)  # [B, H, N]
-    bm = max(16, 4096 // dp) if not _INTERPRET else _interp_block(tokens)  # [BLOCK_M, D] fp32 tiles of o, do
-    _bwd_delta_kernel[(triton.cdiv(tokens, bm) * batch * heads,)](
-        out, grad_out, q, k, lse, gs, delta, tokens, heads, qk_scale, *out.stride()[:3],
-        HEAD_DIM=dp, BLOCK_M=bm, BLOCK_N=max(16, 2048 // dp) if not _INTERPRET else bm, HAS_GS=has_score_grad)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    args = (q, k, v, grad_out, dq, dk, dv, lse, delta, gs, tokens, _bucket(tokens), heads, scale, qk_scale)
-    meta = dict(HEAD_DIM=dp, HAS_GS=has_score_grad, DOT_PREC=_dot_precision(q.dtype))
-    if blocks is None and not _INTERPRET:
-        grid = lambda m: (triton.cdiv(tokens, m["BLOCK_BIG"]) * batch * heads,)  # noqa: E731
-        _tuned(_dot_kind(meta["DOT_PREC"]), dp, backward=True)[grid](*args, **meta)
-    else:
-        small, big = blocks or (_interp_block(tokens),) * 2
-        _attn_bwd_kernel[(triton.cdiv(tokens, big) * batch * heads,)](*args, BLOCK_SMALL=small, BLOCK_BIG=big, **meta)
+    dq, dk, dv = (q.new_empty(q.shape) for _ in range(3))  # contiguous [B, H, N, Dp]
+    with on_device(q):
+        bm = _DELTA_TILE // dp if not INTERPRET else _interpret_tile(tokens)
+        bn = _CLS_KEY_TILE // dp if not INTERPRET else bm
+        _bwd_delta_kernel[(triton.cdiv(tokens, bm) * batch * heads,)](
+            out, grad_out, q, k, lse, gs, delta, tokens, heads, qk_scale, *_strides(out), *_strides(grad_out),
+            *_strides(q)[:2], *_strides(k), HEAD_DIM=dp, BLOCK_M=bm, BLOCK_N=bn, HAS_GS=has_score_grad)
+        args = (q, k, v, grad_out, dq, dk, dv, lse, delta, gs, tokens, _padded_dim(tokens), heads, scale, qk_scale,
+                *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
+        meta = dict(HEAD_DIM=dp, HAS_GS=has_score_grad, DOT_PREC=_dot_precision(q.dtype))
+        if blocks is None and not INTERPRET:
+            grid = lambda m: (triton.cdiv(tokens, m["BLOCK_BIG"]) * batch * heads,)  # noqa: E731
+            _tuned(_dot_kind(meta["DOT_PREC"]), dp, backward=True)[grid](*args, **meta)
+        else:
+            small, big = blocks or (_interpret_tile(tokens),) * 2
+            _attention_bwd_kernel[(triton.cdiv(tokens, big) * batch * heads,)](
+                *args, BLOCK_SMALL=small, BLOCK_BIG=big, **meta)
     if dp != dim:
         dq, dk, dv = (t[..., :dim].contiguous() for t in (dq, dk, dv))
     return dq, dk, dv

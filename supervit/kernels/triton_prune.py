@@ -1,4 +1,4 @@
-"""Triton kernels of token pruning: top-k of the CLS score fused with the gather of [CLS] + kept tokens.
+"""Triton kernels of ``keep_topk``, ``gather_tokens`` (and its backward) and ``prune_tokens`` (the two fused).
 
 Ordering: each score is turned into one int64 key, ``order-preserving float bits << 32 | (PAD - index)``, so a
 single descending sort (``tl.topk``/``tl.sort``, which return values only) yields descending score with the
@@ -9,29 +9,38 @@ Launch shape: program (b, chunk) sorts the scores of sample b (a few hundred key
 the chunks of one sample so no program waits for another) and writes the output rows [chunk * ROWS, +ROWS):
 row 0 is CLS, row r >= 1 is the token of rank r - 1. One launch covers the whole batch.
 
-Backward of the gather: program (b, chunk) owns destination rows [chunk * ROWS, +ROWS) of grad_x, finds which
-kept row (if any) holds each token by matching against idx, and writes every element once (zeros for dropped
-tokens): a deterministic indexed store with no atomics and no separate zero fill.
+Backward of ``gather_tokens``: program (b, chunk) owns destination rows [chunk * ROWS, +ROWS) of grad_x, finds
+which kept row (if any) holds each token by matching against idx, and reads that row (zeros for dropped tokens):
+every element is written once, deterministic, with no atomics and no separate zero fill.
+
+Tokens, scores and indices are read contiguous (the wrappers copy a strided input; the models pass contiguous
+ones).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-MAX_PATCH_TOKENS = 8192  # one sample's scores are sorted inside one program
-FUSED_MAX_K = 1024  # above: top-k and gather as two launches
+from .triton_launch import INTERPRET, on_device, pow2_at_least
+
+MAX_PATCH_TOKENS = 8192  # one sample's scores are sorted inside one program (8192 int64 keys in registers)
+FUSED_MAX_K = 1024  # above: top-k and gather as two launches (the [ROWS, K] one-hot rank pick would not fit)
 _PAD_KEY = tl.constexpr(-(2 ** 63))
-_ROWS = 32  # output rows per program on GPU
-_BLOCK_C = 128  # channels per inner step on GPU
-_K_STEP = 256  # kept indices matched per inner step of the gather backward on GPU
+# GPU tiles. A program copies ROWS x BLOCK_C elements per step: 32 x 128 = 4096 (16 bf16 values a thread at
+# 4 warps, 16-byte vector loads along C). 32 rows keep several programs per sample at N = 197 (7 at k = 138)
+# so that a batch of 1 still spreads over the SMs; each program re-sorts its sample's keys, which is cheap
+# against the copy at these lengths.
+_ROWS = 32
+_BLOCK_C = 128
+_K_STEP = 256  # kept indices matched per step of the gather backward: a [ROWS, K_STEP] int32 compare tile
+# Interpreter tiles: one chunk per sample (each program instance costs about a millisecond there).
+_INTERPRET_ROWS = 256
+_INTERPRET_BLOCK_C = 512
 
 
 @triton.jit
-def _sorted_keys(Score, b, M, BLOCK_S: tl.constexpr, K_BLOCK: tl.constexpr):
+def _top_keys(Score, b, M, BLOCK_S: tl.constexpr, K_BLOCK: tl.constexpr):
     """The K_BLOCK largest packed keys of score row b (M scores), descending: [K_BLOCK] int64."""
     offs = tl.arange(0, BLOCK_S)  # [BLOCK_S] patch ids
     ok = offs < M
@@ -59,12 +68,13 @@ def _copy_rows(X, Out, src_rows, dst_rows, row_ok, C, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _prune_fwd_kernel(X, Score, Out, Idx, N, C, k, BLOCK_S: tl.constexpr, K_BLOCK: tl.constexpr,
-                      ROWS: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr):
-    """Program (b, chunk): top-k of score[b] and (GATHER) the output rows [chunk * ROWS, +ROWS) of x_kept[b]."""
+def _prune_tokens_kernel(X, Score, Out, Idx, N, C, k, BLOCK_S: tl.constexpr, K_BLOCK: tl.constexpr,
+                         ROWS: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr):
+    """Program (b, chunk): top-k of score[b] and (GATHER) the output rows [chunk * ROWS, +ROWS) of x_kept[b];
+    without GATHER, ``keep_topk`` alone (one program per sample stores every index)."""
     b = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)  # [ROWS] output rows; row r >= 1 holds rank r - 1
-    keys = _sorted_keys(Score, b, N - 1, BLOCK_S, K_BLOCK)  # [K_BLOCK]
+    keys = _top_keys(Score, b, N - 1, BLOCK_S, K_BLOCK)  # [K_BLOCK]
     ranked = BLOCK_S - keys.to(tl.int32)  # [K_BLOCK] patch id of each rank (low half of the key)
     if GATHER:
         sel = tl.arange(0, K_BLOCK)[None, :] == rows[:, None] - 1  # [ROWS, K_BLOCK] one-hot rank pick
@@ -78,7 +88,7 @@ def _prune_fwd_kernel(X, Score, Out, Idx, N, C, k, BLOCK_S: tl.constexpr, K_BLOC
 
 
 @triton.jit
-def _gather_kernel(X, Idx, Out, N, C, k, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+def _gather_tokens_kernel(X, Idx, Out, N, C, k, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
     """Program (b, chunk): x_kept[b, r] = x[b, 0] for r = 0, else x[b, 1 + idx[b, r - 1]]."""
     b = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)  # [ROWS]
@@ -87,7 +97,8 @@ def _gather_kernel(X, Idx, Out, N, C, k, ROWS: tl.constexpr, BLOCK_C: tl.constex
 
 
 @triton.jit
-def _scatter_kernel(G, Idx, Out, N, C, k, ROWS: tl.constexpr, K_STEP: tl.constexpr, BLOCK_C: tl.constexpr):
+def _gather_tokens_backward_kernel(G, Idx, Out, N, C, k, ROWS: tl.constexpr, K_STEP: tl.constexpr,
+                                   BLOCK_C: tl.constexpr):
     """Program (b, chunk): grad_x[b, n] for n in [chunk * ROWS, +ROWS): the kept row holding n, else zeros."""
     b = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)  # [ROWS] token ids in x
@@ -110,24 +121,24 @@ def _scatter_kernel(G, Idx, Out, N, C, k, ROWS: tl.constexpr, K_STEP: tl.constex
 # ----------------------------------------------------------------------------------------------------------------
 # Wrappers (the triton backend calls these)
 # ----------------------------------------------------------------------------------------------------------------
-def _pow2(n: int) -> int:
-    return max(2, triton.next_power_of_2(n))
-
-
 def _tiles(num_rows: int, channels: int, rows: int | None, block_c: int | None) -> tuple[int, int]:
-    """(ROWS, BLOCK_C): fixed on GPU; on the interpreter one chunk per sample unless a test asks for more."""
-    if rows is None:
-        rows = _ROWS if not _INTERPRET else min(256, _pow2(num_rows))
-    if block_c is None:
-        block_c = _BLOCK_C if not _INTERPRET else min(512, _pow2(channels))
-    return rows, block_c
+    """(ROWS, BLOCK_C): fixed on GPU, one chunk per sample on the interpreter, unless a test asks for others."""
+    if INTERPRET:
+        default = min(_INTERPRET_ROWS, pow2_at_least(num_rows, 2)), min(_INTERPRET_BLOCK_C, pow2_at_least(channels, 2))
+    else:
+        default = _ROWS, _BLOCK_C
+    return rows or default[0], block_c or default[1]
+
+
+def _sort_width(num_scores: int) -> int:
+    return pow2_at_least(num_scores, 2)
 
 
 def _warps(block_s: int) -> int:
-    return 4 if block_s <= 1024 else 8
+    return 4 if block_s <= 1024 else 8  # 8 warps keep the in-register sort of more than 1024 keys from spilling
 
 
-def prune_fwd(x, score, k: int, rows: int | None = None, block_c: int | None = None):
+def prune_tokens_forward(x, score, k: int, rows: int | None = None, block_c: int | None = None):
     """Fused top-k + gather in one launch for the whole batch.
 
     Args:
@@ -136,51 +147,61 @@ def prune_fwd(x, score, k: int, rows: int | None = None, block_c: int | None = N
 
     Returns:
         (x_kept [B, k+1, C], idx [B, k] int64), idx in descending score, lower index first on ties.
-        Above FUSED_MAX_K kept tokens the one-hot rank pick would not fit in registers: two launches then
-        (``topk_indices`` + ``gather_fwd``), same results.
+        Above FUSED_MAX_K kept tokens: ``keep_topk`` then ``gather_tokens`` (two launches), same results.
     """
-    batch, tokens, channels = x.shape
     if k > FUSED_MAX_K:
-        idx = topk_indices(score, k)
-        return gather_fwd(x, idx, rows, block_c), idx
-    block_s = _pow2(tokens - 1)
+        idx = keep_topk(score, k)
+        return gather_tokens(x, idx, rows, block_c), idx
+    x, score = x.contiguous(), score.contiguous()
+    batch, tokens, channels = x.shape
+    block_s = _sort_width(tokens - 1)
     rows, block_c = _tiles(k + 1, channels, rows, block_c)
     out = torch.empty((batch, k + 1, channels), device=x.device, dtype=x.dtype)
     idx = torch.empty((batch, k), device=x.device, dtype=torch.int64)
-    _prune_fwd_kernel[(batch, triton.cdiv(k + 1, rows))](
-        x, score, out, idx, tokens, channels, k, BLOCK_S=block_s, K_BLOCK=_pow2(k), ROWS=rows,
-        BLOCK_C=block_c, GATHER=True, num_warps=_warps(block_s))
+    with on_device(x):
+        _prune_tokens_kernel[(batch, triton.cdiv(k + 1, rows))](
+            x, score, out, idx, tokens, channels, k, BLOCK_S=block_s, K_BLOCK=_sort_width(k), ROWS=rows,
+            BLOCK_C=block_c, GATHER=True, num_warps=_warps(block_s))
     return out, idx
 
 
-def topk_indices(score, k: int):
+def keep_topk(score, k: int):
     """idx [B, k] int64 of the k best scores per row of score [B, M] (descending, lower index on ties)."""
+    score = score.contiguous()
     batch, num = score.shape
-    block_s = _pow2(num)
+    block_s = _sort_width(num)
     idx = torch.empty((batch, k), device=score.device, dtype=torch.int64)
-    _prune_fwd_kernel[(batch, 1)](score, score, score, idx, num + 1, 1, k, BLOCK_S=block_s, K_BLOCK=_pow2(k),
-                                  ROWS=1, BLOCK_C=16, GATHER=False, num_warps=_warps(block_s))
+    with on_device(score):
+        _prune_tokens_kernel[(batch, 1)](score, score, score, idx, num + 1, 1, k, BLOCK_S=block_s,
+                                         K_BLOCK=_sort_width(k), ROWS=1, BLOCK_C=16, GATHER=False,
+                                         num_warps=_warps(block_s))
     return idx
 
 
-def gather_fwd(x, idx, rows: int | None = None, block_c: int | None = None):
+def gather_tokens(x, idx, rows: int | None = None, block_c: int | None = None):
     """x_kept [B, k+1, C] = [x[:, :1], x[b, 1 + idx[b]]] for x [B, N, C] and idx [B, k] int64."""
+    x, idx = x.contiguous(), idx.long().contiguous()
     batch, tokens, channels = x.shape
     k = idx.shape[1]
     rows, block_c = _tiles(k + 1, channels, rows, block_c)
     out = torch.empty((batch, k + 1, channels), device=x.device, dtype=x.dtype)
-    _gather_kernel[(batch, triton.cdiv(k + 1, rows))](x, idx, out, tokens, channels, k, ROWS=rows, BLOCK_C=block_c)
+    with on_device(x):
+        _gather_tokens_kernel[(batch, triton.cdiv(k + 1, rows))](
+            x, idx, out, tokens, channels, k, ROWS=rows, BLOCK_C=block_c)
     return out
 
 
-def gather_bwd(grad_kept, idx, num_tokens: int, rows: int | None = None, block_c: int | None = None,
-               k_step: int | None = None):
+def gather_tokens_backward(grad_kept, idx, num_tokens: int, rows: int | None = None, block_c: int | None = None,
+                           k_step: int | None = None):
     """grad_x [B, N, C]: grad_kept [B, k+1, C] stored back at CLS and the tokens 1 + idx, zeros elsewhere."""
+    grad_kept, idx = grad_kept.contiguous(), idx.long().contiguous()
     batch, _, channels = grad_kept.shape
     k = idx.shape[1]
     rows, block_c = _tiles(num_tokens, channels, rows, block_c)
-    k_step = k_step or min(_K_STEP if not _INTERPRET else 1024, _pow2(k))
+    k_step = k_step or min(_K_STEP if not INTERPRET else 1024, pow2_at_least(k, 2))
     out = torch.empty((batch, num_tokens, channels), device=grad_kept.device, dtype=grad_kept.dtype)
-    _scatter_kernel[(batch, triton.cdiv(num_tokens, rows))](
-        grad_kept, idx, out, num_tokens, channels, k, ROWS=rows, K_STEP=k_step, BLOCK_C=block_c)
+    with on_device(grad_kept):
+        _gather_tokens_backward_kernel[(batch, triton.cdiv(num_tokens, rows))](
+            grad_kept, idx, out, num_tokens, channels, k, ROWS=rows, K_STEP=k_step,
+            BLOCK_C=block_c)
     return out

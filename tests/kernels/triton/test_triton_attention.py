@@ -11,6 +11,7 @@ pytestmark = pytest.mark.skipif(not INTERPRET, reason="CPU Triton tests need TRI
 
 if INTERPRET:
     from supervit.kernels import triton_attention, triton_backend
+    from supervit.kernels.triton_launch import configs_for_length
 
 SHAPES = [(1, 2, 9, 16), (2, 3, 17, 32), (2, 2, 65, 64), (1, 1, 130, 64)]  # B, H, N, D
 MODES = ["out", "score", "both"]
@@ -56,8 +57,8 @@ def test_backend_matches_reference(dtype, shape, mode):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_small_tiles_many_blocks(dtype, blocks, tokens):
     """Several key/query blocks, with a ragged tail (37) or none (32): exercises the loops and every mask."""
-    fwd = lambda *a: triton_attention.attention_fwd(*a, blocks=blocks)  # noqa: E731
-    bwd = lambda *a: triton_attention.attention_bwd(*a, blocks=blocks)  # noqa: E731
+    fwd = lambda *a: triton_attention.attention_forward(*a, blocks=blocks)  # noqa: E731
+    bwd = lambda *a: triton_attention.attention_backward(*a, blocks=blocks)  # noqa: E731
     _check((2, 2, tokens, 32), dtype, "both", fwd, bwd)
 
 
@@ -81,20 +82,48 @@ def test_no_score_and_tiny_sequences():
     torch.testing.assert_close(score.double(), attention_truth(q, k, v, 0.25, go, None)[1], atol=1e-6, rtol=1e-5)
 
 
-def test_float64_delegates_to_reference():
-    q, k, v, go, gs = _inputs((1, 2, 9, 16), torch.float64)
-    out, score, lse = triton_backend.attention_forward(q, k, v, 0.25, True)
-    assert out.dtype == torch.float64
-    truth = attention_truth(q, k, v, 0.25, go, gs)
-    torch.testing.assert_close(out, truth[0])
+def test_strided_inputs_are_read_in_place(monkeypatch):
+    """q, k, v as views of one qkv tensor and token-major out / grad_out reach the kernels without a copy."""
+    gen = torch.Generator().manual_seed(7)
+    batch, heads, tokens, dim = 2, 3, 21, 16
+    qkv = torch.randn(batch, tokens, 3, heads, dim, generator=gen).permute(2, 0, 3, 1, 4)  # [3, B, H, N, D] view
+    q, k, v = qkv.unbind(0)
+    go = torch.randn(batch, tokens, heads, dim, generator=gen).transpose(1, 2)  # token-major [B, H, N, D]
+    gs = torch.randn(batch, tokens - 1, generator=gen)
+    launched = {}
+    for name in ("_attention_fwd_kernel", "_bwd_delta_kernel", "_attention_bwd_kernel"):
+        kernel = getattr(triton_attention, name)
+        monkeypatch.setattr(triton_attention, name, _Recorder(kernel, launched.setdefault(name, [])))
+    out, score, lse = triton_attention.attention_forward(q, k, v, dim ** -0.5, True)
+    grads = triton_attention.attention_backward(go, gs, q, k, v, out, lse, dim ** -0.5, True)
+    pointers = lambda name: {a.data_ptr() for a in launched[name][0] if isinstance(a, torch.Tensor)}  # noqa: E731
+    assert {q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr()} <= pointers("_attention_fwd_kernel")
+    assert {q.data_ptr(), k.data_ptr(), v.data_ptr(), go.data_ptr()} <= pointers("_attention_bwd_kernel")
+    assert {out.data_ptr(), go.data_ptr()} <= pointers("_bwd_delta_kernel")
+    truth = attention_truth(q, k, v, dim ** -0.5, go, gs)
+    for got, want in zip((out, score) + tuple(grads), truth):
+        torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-4)
+
+
+class _Recorder:
+    """Stands in for a kernel: records the arguments of each launch, then launches."""
+
+    def __init__(self, kernel, calls):
+        self.kernel, self.calls = kernel, calls
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append(args)
+            return self.kernel[grid](*args, **kwargs)
+        return launch
 
 
 def test_gpu_launch_tables():
-    """Every autotune table row is a valid tile, and pruning by length always leaves a config (pure Python)."""
+    """Every autotune table row is a valid tile, and the length filter always leaves a config (pure Python)."""
     for backward in (False, True):
         for kind in ("mma", "ieee"):
             for dim in (16, 32, 64, 128, 256):
                 tuner = triton_attention._tuned(kind, dim, backward)
                 for tokens in (2, 10, 27, 65, 197, 4096):
-                    kept = triton_attention._prune_by_length(tuner.configs, {"N_BUCKET": triton_attention._bucket(tokens)})
+                    kept = configs_for_length(tuner.configs, {"N_BUCKET": triton_attention._padded_dim(tokens)})
                     assert kept and all(v >= 16 for c in kept for v in c.kwargs.values())

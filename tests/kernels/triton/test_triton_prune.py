@@ -61,11 +61,11 @@ def test_small_tiles_many_chunks():
     """Several row chunks per sample and several channel steps (the GPU tiling, small)."""
     x, score = _data(2, 34, 20, torch.float32)
     ref_kept, ref_idx = reference.prune_tokens_forward(x, score, 23)
-    kept, idx = triton_prune.prune_fwd(x, score, 23, rows=8, block_c=8)
+    kept, idx = triton_prune.prune_tokens_forward(x, score, 23, rows=8, block_c=8)
     assert torch.equal(idx, ref_idx) and torch.equal(kept, ref_kept)
-    assert torch.equal(triton_prune.gather_fwd(x, ref_idx, rows=8, block_c=8), ref_kept)
+    assert torch.equal(triton_prune.gather_tokens(x, ref_idx, rows=8, block_c=8), ref_kept)
     grad = torch.randn(2, 24, 20)
-    got = triton_prune.gather_bwd(grad, ref_idx, 34, rows=8, block_c=8, k_step=4)
+    got = triton_prune.gather_tokens_backward(grad, ref_idx, 34, rows=8, block_c=8, k_step=4)
     assert torch.equal(got, reference.gather_tokens_backward(grad, ref_idx, 34))
 
 
@@ -73,6 +73,6 @@ def test_unfused_path_above_fused_limit(monkeypatch):
     """Past FUSED_MAX_K the fused op runs top-k and gather as two launches: same results."""
     monkeypatch.setattr(triton_prune, "FUSED_MAX_K", 8)
     x, score = _data(2, 33, 8, torch.float32)
-    kept, idx = triton_prune.prune_fwd(x, score, 20)
+    kept, idx = triton_prune.prune_tokens_forward(x, score, 20)
     ref_kept, ref_idx = reference.prune_tokens_forward(x, score, 20)
     assert torch.equal(idx, ref_idx) and torch.equal(kept, ref_kept)

@@ -1,54 +1,16 @@
-"""The extension's attention with CLS score on CPU vs an fp64 ground truth (DESIGN.md tolerance rule).
+"""The extension's attention with CLS score on CPU vs an fp64 ground truth (the oracle's tolerance rule).
 
 Forward (out, score, lse) and backward through both outputs with the same upstream gradients, fp32 and bf16,
-odd sequence lengths, B = 1 and B > 1; the ATen-composite "math" path (the CUDA fallback) on CPU too.
+odd sequence lengths, B = 1 and B > 1.
 """
 import pytest
 import torch
 
-from supervit.kernels import reference
+from oracle import AttentionValues, assert_attention_within_rule, attention_same_precision, attention_truth
 
 ext = pytest.importorskip("supervit.kernels.ext_backend")
 
 SEQ_LENS = [9, 65, 101, 145, 197]
-# Absolute floor added to 2x the low-precision reference error (plus half an ulp of the output at |truth|max).
-FLOOR = {torch.float32: 1e-6, torch.bfloat16: 1e-4, torch.float16: 1e-5}
-
-
-def truth(q, k, v, scale, grad_out, grad_score):
-    """(out, score, lse, dq, dk, dv) in float64 with autograd; ``grad_*`` None means no upstream grad there."""
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    logits = q64 @ k64.transpose(-2, -1) * scale  # [B, H, N, N]
-    probs = torch.softmax(logits, dim=-1)
-    out, score = probs @ v64, probs[:, :, 0, 1:].mean(dim=1)
-    loss = out.new_zeros(())
-    if grad_out is not None:
-        loss = loss + (out * grad_out.double()).sum()
-    if grad_score is not None:
-        loss = loss + (score * grad_score.double()).sum()
-    grads = torch.autograd.grad(loss, (q64, k64, v64), allow_unused=True)
-    grads = tuple(torch.zeros_like(q64) if g is None else g for g in grads)
-    return (out.detach(), score.detach(), torch.logsumexp(logits, -1).detach()) + grads
-
-
-def reference_in(q, k, v, scale, grad_out, grad_score):
-    """The same six values from reference.py's backend run in the inputs' own dtype."""
-    out, score, lse = reference.attention_forward(q, k, v, scale, True)
-    go = torch.zeros_like(out) if grad_out is None else grad_out
-    gs = score[:, :0] if grad_score is None else grad_score
-    return (out, score, lse) + tuple(reference.attention_backward(go, gs, q, k, v, out, lse, scale,
-                                                                  grad_score is not None))
-
-
-def err(a, b) -> float:
-    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
-
-
-def assert_within_rule(name, got, lowp, want, dtype):
-    """error(kernel vs fp64) <= 2 x error(reference in ``dtype`` vs fp64) + floor."""
-    floor = FLOOR[dtype] + 0.5 * torch.finfo(got.dtype).eps * want.abs().max().item()
-    e_k, e_r = err(got, want), err(lowp, want)
-    assert e_k <= 2 * e_r + floor, f"{name}: kernel error {e_k:.3g} > 2 x reference error {e_r:.3g} + {floor:.3g}"
 
 
 def run(forward, backward, batch, heads, tokens, dim, dtype, grads="both", seed=0, magnitude=1.0):
@@ -64,11 +26,10 @@ def run(forward, backward, batch, heads, tokens, dim, dtype, grads="both", seed=
     assert score.shape == (batch, tokens - 1) and lse.shape == (batch, heads, tokens)
     dq, dk, dv = backward(torch.zeros_like(out) if go is None else go, score[:, :0] if gs is None else gs,
                           q, k, v, out, lse, scale, gs is not None)
-    want = truth(q, k, v, scale, go, gs)
-    lowp = reference_in(q, k, v, scale, go, gs)
-    for name, got, lp, tr in zip(("out", "score", "lse", "dq", "dk", "dv"), (out, score, lse, dq, dk, dv), lowp, want):
-        assert got.shape == tr.shape, name
-        assert_within_rule(f"{name} {dtype} B{batch} N{tokens} grads={grads}", got, lp, tr, dtype)
+    got = AttentionValues(out, score, lse, dq, dk, dv)
+    assert_attention_within_rule(f"{dtype} B{batch} N{tokens} grads={grads}", got,
+                                 attention_same_precision(q, k, v, scale, go, gs), attention_truth(q, k, v, scale, go, gs),
+                                 dtype)
     return out, score, lse, (dq, dk, dv)
 
 
@@ -125,7 +86,7 @@ def test_attention_fp64_is_exact():
     out, score, lse = ext.attention_forward(q, k, v, 0.3, True)
     assert score.dtype == lse.dtype == torch.float64
     grads = ext.attention_backward(go, gs, q, k, v, out, lse, 0.3, True)
-    for got, want in zip((out, score, lse) + tuple(grads), truth(q, k, v, 0.3, go, gs)):
+    for got, want in zip((out, score, lse) + tuple(grads), attention_truth(q, k, v, 0.3, go, gs)):
         assert torch.allclose(got, want, rtol=0, atol=1e-12)
 
 

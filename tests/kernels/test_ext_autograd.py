@@ -102,50 +102,70 @@ def test_backward_is_deterministic(dtype):
 # ----------------------------------------------------------------------------------------------------------------
 # CUDA (skipped without a device)
 # ----------------------------------------------------------------------------------------------------------------
+def require_ext_cuda():
+    """Skip, with the reason, when the extension was built without CUDA kernels; any other cause fails."""
+    ok, why = ext.is_available(torch.device("cuda"))
+    if not ok and "without CUDA sources" in why:
+        pytest.skip(f"the extension has no CUDA kernels: {why}")
+    assert ok, why
+
+
+def test_ext_cuda_tests_skip_with_the_reason_without_cuda_kernels(monkeypatch):
+    monkeypatch.setattr(ext, "_status", {})
+    monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: key != "CUDA")
+    with pytest.raises(pytest.skip.Exception, match="no CUDA kernels: .*built without CUDA sources"):
+        require_ext_cuda()
+
+
 @pytest.mark.gpu
 def test_cuda_kernels_are_built():
-    ok, why = ext.is_available(torch.device("cuda"))
-    assert ok, why
+    require_ext_cuda()
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("tokens", [9, 65, 197, 5000])
 def test_cuda_token_ops_match_reference_exactly(tokens, dtype):
+    """Through the public ops (SUPERVIT_BACKEND=ext): the ext kernels where they apply, the reference elsewhere."""
+    require_ext_cuda()
+    ops = torch.ops.supervit
     g = torch.Generator().manual_seed(tokens)
     score = (torch.randint(0, 4, (3, tokens - 1), generator=g).float() - 1).to(dtype).cuda()
     score[:, ::5] = -0.0
     x = torch.randn(3, tokens, 48, generator=g).to(dtype).cuda()
     k = reference.keep_count(tokens, 0.7)
-    idx = ext.keep_topk(score, k)
+    idx = ops.keep_topk(score, k)
     assert torch.equal(idx.cpu(), reference.keep_topk(score.cpu(), k))
-    kept, idx2 = ext.prune_tokens_forward(x, score, k)
+    kept, idx2 = ops.prune_tokens(x, score, k)
     assert torch.equal(idx2, idx) and torch.equal(kept, reference.gather_tokens(x, idx))
-    assert torch.equal(ext.gather_tokens(x, idx), kept)
+    assert torch.equal(ops.gather_tokens(x, idx), kept)
     grad = torch.randn_like(kept)
     want = reference.gather_tokens_backward(grad, idx, tokens)
-    assert torch.equal(ext.gather_tokens_backward(grad, idx, tokens), want)
+    assert torch.equal(ops.gather_tokens_backward(grad, idx, tokens), want)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dim", [64, 20])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_cuda_attention_matches_reference(dtype, dim):
+    """Through the public ops (SUPERVIT_BACKEND=ext): fp64 and head dim 20 run on the reference backend."""
+    require_ext_cuda()
+    ops = torch.ops.supervit
     g = torch.Generator().manual_seed(0)
     q, k, v, go = (torch.randn(2, 6, 197, dim, generator=g).to(dtype).cuda() for _ in range(4))
     gs = torch.randn(2, 196, generator=g).cuda().to(accumulation_dtype(dtype))
-    got = ext.attention_forward(q, k, v, dim ** -0.5, True)
+    got = ops.attention(q, k, v, dim ** -0.5, True)
     assert got[0].transpose(1, 2).is_contiguous(), "out must be stored token-major on CUDA too"
     want = reference.attention_forward(q.double(), k.double(), v.double(), dim ** -0.5, True)
     tol = {torch.float32: 2e-3, torch.bfloat16: 3e-2, torch.float64: 1e-10}[dtype]  # fp32 may run as TF32
     for a, b in zip(got, want):
         assert (a.double() - b).abs().max().item() < tol
-    grads = ext.attention_backward(go, gs, q, k, v, got[0], got[2], dim ** -0.5, True)
+    grads = ops.attention_backward(go, gs, q, k, v, got[0], got[2], dim ** -0.5, True)
     want_g = reference.attention_backward(go.double(), gs.double(), q.double(), k.double(), v.double(), want[0],
                                           want[2], dim ** -0.5, True)
     for a, b in zip(grads, want_g):
         assert (a.double() - b).abs().max().item() < 5 * tol
-    again = ext.attention_backward(go, gs, q, k, v, got[0], got[2], dim ** -0.5, True)
+    again = ops.attention_backward(go, gs, q, k, v, got[0], got[2], dim ** -0.5, True)
     assert all(torch.equal(a, b) for a, b in zip(grads, again))
 
 

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from oracle import tied_scores
 from supervit import kernels
 from supervit.kernels import dispatch, reference
 
@@ -48,8 +49,7 @@ def scores(batch, num, dtype, kind, seed=0):
     g = torch.Generator().manual_seed(seed)
     if kind == "random":
         return torch.randn(batch, num, generator=g).to(dtype)
-    s = torch.randint(0, 4, (batch, num), generator=g).float() - 1.0  # -1, 0, 1, 2: many exact ties
-    s = torch.where(torch.rand(batch, num, generator=g) < 0.2, torch.full_like(s, -0.0), s)
+    s = tied_scores(batch, num, generator=g)
     if kind == "nan":
         s[:, ::7] = float("nan")
         s[:, 1::11] = float("inf")

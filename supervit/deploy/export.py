@@ -1,0 +1,188 @@
+"""Export one sub-network to ONNX, a ``.pt2`` program or an AOTInductor package, loadable without this package.
+
+Mechanism: ``torch.export`` traces the sub-network (``Subnet``: fixed size and keep rate, one position table);
+``supervit.kernels.export_decompositions`` then replaces every supervit op by its core-ATen translation, so the
+saved program holds standard ops only. ONNX is converted from that program by ``torch.onnx.export(dynamo=True)``
+(the stable sort of the top-k becomes ONNX TopK); AOTInductor compiles it into a package whose C++ code runs
+without Python. Every file is written to a temporary name in the target folder and renamed at the end; on any
+failure nothing is left behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..kernels import export_decompositions
+from .errors import DeployError
+from .runners import FORMATS, load_runner
+from .subnet import Subnet, check_subnet
+
+SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "aoti": ".pt2"}  # what the file name of each format must end with
+DYNAMIC_TRACE_BATCH = 2  # the batch traced for a dynamic-batch export (1 would be specialized as a constant)
+
+
+@dataclass
+class ExportResult:
+    """What ``export_subnet`` wrote."""
+
+    path: str
+    format: str
+    img_size: int
+    keep_ratio: float
+    batch: int | None      # None: any batch size
+    input_size: int        # side of the square input image the export takes
+    output_names: list
+    seconds: float         # wall time of the whole export (AOTInductor: including the C++ compilation)
+    size_bytes: int
+
+
+def output_names(subnet: Subnet) -> list[str]:
+    """``["logits"]`` plus ``kept_<block>`` for each pruning block when the export returns kept indices."""
+    if not subnet.with_kept or subnet.keep_ratio >= 1.0:
+        return ["logits"]
+    return ["logits"] + [f"kept_{i}" for i in subnet.net.prune_layers]
+
+
+def check_export_args(model: nn.Module, fmt: str, out, batch, input_size) -> tuple[str, int]:
+    """(absolute output path, input side) after checking every argument; DeployError naming the bad one."""
+    if fmt not in FORMATS:
+        raise DeployError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise DeployError(f"batch must be an int >= 1 (or None for a dynamic batch), got {batch!r}")
+    side = model.img_sizes[-1] if input_size is None else input_size
+    if isinstance(side, bool) or not isinstance(side, int) or side < model.patch_size:
+        raise DeployError(f"input_size must be an int >= the patch size {model.patch_size}, got {input_size!r}")
+    path = os.path.abspath(os.fspath(out))
+    if not path.endswith(SUFFIX[fmt]):
+        raise DeployError(f"out must end with {SUFFIX[fmt]!r} for format {fmt!r}, got {os.fspath(out)!r}")
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise DeployError(f"out {os.fspath(out)!r} is a directory; give a file path ending with {SUFFIX[fmt]!r}")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise DeployError(f"out {os.fspath(out)!r}: cannot write to {folder!r} (not an existing writable folder)")
+    return path, side
+
+
+def export_program(model: nn.Module, img_size: int, keep_ratio: float, batch: int | None = None,
+                   input_size: int | None = None, with_kept: bool = False) -> tuple[torch.export.ExportedProgram, Subnet]:
+    """(core-ATen ExportedProgram of sub-network (img_size, keep_ratio), the traced ``Subnet``).
+
+    Args:
+        model: the super-network (its weights are copied; the model itself is not changed).
+        img_size, keep_ratio: a trained operating point.
+        batch: a fixed batch size, or None for any batch size (dimension ``batch`` of input and outputs).
+        input_size: side of the input image; defaults to the model's largest size (resized inside).
+        with_kept: also output the kept token indices of each pruning block (see ``Subnet``).
+    """
+    img_size, keep_ratio = check_subnet(model, img_size, keep_ratio)
+    _, side = check_export_args(model, "pt2", "x.pt2", batch, input_size)
+    subnet = Subnet(model, img_size, keep_ratio, with_kept=with_kept)
+    example = torch.randn(batch or DYNAMIC_TRACE_BATCH, model.in_chans, side, side)
+    dynamic = None if batch else {"x": {0: torch.export.Dim("batch", min=1)}}
+    with torch.no_grad():
+        program = torch.export.export(subnet, (example,), dynamic_shapes=dynamic)
+    return export_decompositions.to_core_aten(program), subnet
+
+
+@contextlib.contextmanager
+def _atomic_target(path: str):
+    """A temporary file name next to ``path`` (same suffix); renamed to ``path`` on success, removed on failure."""
+    folder, name = os.path.split(path)
+    suffix = os.path.splitext(name)[1]
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial" + suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_program(program: torch.export.ExportedProgram, fmt: str, out, names: list[str] | None = None) -> str:
+    """Write a core-ATen ``program`` (from ``export_program``) to ``out`` as ``fmt``, atomically; returns the path.
+
+    Args:
+        names: ONNX output names (``output_names(subnet)``); default ``logits``, ``output_1``, ...
+    """
+    if fmt not in FORMATS:
+        raise DeployError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    path = os.path.abspath(os.fspath(out))
+    with _atomic_target(path) as tmp:
+        if fmt == "pt2":
+            torch.export.save(program, tmp)
+        elif fmt == "aoti":
+            torch._inductor.aoti_compile_and_package(program, package_path=tmp)
+        else:
+            onnx_program = torch.onnx.export(program, dynamo=True, input_names=["image"], output_names=names,
+                                             custom_translation_table=export_decompositions.onnx_translations(),
+                                             verbose=False)
+            _name_batch_dim(onnx_program.model.graph)
+            onnx_program.save(tmp, external_data=False)
+    return path
+
+
+def _name_batch_dim(graph) -> None:
+    """Call the symbolic first dimension of the ONNX graph's input ``batch`` everywhere it appears."""
+    import onnx_ir as ir
+
+    first = graph.inputs[0].shape[0]
+    if not isinstance(first, ir.SymbolicDim):
+        return  # a fixed batch
+    values = list(graph.inputs) + list(graph.outputs) + [v for node in graph.all_nodes() for v in node.outputs]
+    for value in values:
+        if value.shape is not None and any(d == first for d in value.shape):
+            value.shape = ir.Shape(["batch" if d == first else d for d in value.shape])
+
+
+def export_subnet(model: nn.Module, img_size: int, keep_ratio: float, fmt: str, out, batch: int | None = None,
+                  input_size: int | None = None, with_kept: bool = False) -> ExportResult:
+    """Export sub-network (img_size, keep_ratio) of ``model`` (eval mode) to ``out`` in format ``fmt``.
+
+    Args:
+        model: the super-network (random or trained weights).
+        img_size, keep_ratio: a trained operating point; anything else is a DeployError naming the accepted ones.
+        fmt: ``onnx`` (``.onnx``), ``pt2`` (``torch.export.save``, ``.pt2``) or ``aoti`` (AOTInductor package,
+            ``.pt2``).
+        out: output file; its folder must exist. Written atomically.
+        batch: a fixed batch size, or None for any batch size.
+        input_size: side of the square input image; defaults to the model's largest size.
+        with_kept: also output the kept token indices (for verification).
+
+    Returns:
+        an ``ExportResult``. Load the file with ``supervit.deploy.runners.load_runner(path, fmt)`` or directly
+        with torch / onnxruntime.
+    """
+    img_size, keep_ratio = check_subnet(model, img_size, keep_ratio)
+    path, side = check_export_args(model, fmt, out, batch, input_size)
+    start = time.perf_counter()
+    program, subnet = export_program(model, img_size, keep_ratio, batch, side, with_kept)
+    names = output_names(subnet)
+    write_program(program, fmt, path, names)
+    return ExportResult(path=path, format=fmt, img_size=img_size, keep_ratio=keep_ratio, batch=batch,
+                        input_size=side, output_names=names, seconds=time.perf_counter() - start,
+                        size_bytes=os.path.getsize(path))
+
+
+def parity(result: ExportResult, model: nn.Module, batch: int = DYNAMIC_TRACE_BATCH, seed: int = 0) -> dict:
+    """Compare the export in its own runtime with the sub-network in PyTorch eager on one random batch.
+
+    Returns ``{"max_abs_diff": float (logits), "kept_equal": bool or None (exports without kept indices)}``.
+    """
+    batch = result.batch or batch
+    side = result.input_size
+    x = torch.randn(batch, model.in_chans, side, side, generator=torch.Generator().manual_seed(seed))
+    with_kept = len(result.output_names) > 1
+    subnet = Subnet(model, result.img_size, result.keep_ratio, with_kept=with_kept)
+    with torch.no_grad():
+        expected = subnet(x)
+    expected = expected if with_kept else (expected,)
+    got = load_runner(result.path, result.format)(x)
+    kept_equal = all(torch.equal(a, b) for a, b in zip(got[1:], expected[1:])) if with_kept else None
+    return {"max_abs_diff": (got[0] - expected[0]).abs().max().item(), "kept_equal": kept_equal}

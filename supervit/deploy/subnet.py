@@ -1,0 +1,68 @@
+"""One sub-network of a super-network as a standalone module: fixed (img_size, keep_ratio), eval mode, and only
+the position table of its size, so an export of it carries nothing the sub-network does not use."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .errors import DeployError
+
+
+def check_subnet(model: nn.Module, img_size, keep_ratio) -> tuple[int, float]:
+    """(img_size, keep_ratio) if the model was trained for it; DeployError naming the accepted values otherwise."""
+    if img_size not in model.img_sizes:
+        raise DeployError(f"img_size must be one of the model's sizes {list(model.img_sizes)}, got {img_size!r}")
+    ratios = [float(r) for r in model.keep_ratios]
+    try:
+        ratio = float(keep_ratio)
+    except (TypeError, ValueError):
+        ratio = None
+    if ratio not in ratios:
+        raise DeployError(f"keep_ratio must be one of those the model was trained for {ratios}, got {keep_ratio!r}")
+    return int(img_size), ratio
+
+
+class Subnet(nn.Module):
+    """Sub-network (img_size, keep_ratio) of ``model``: ``forward(x [B, C, S_in, S_in]) -> logits [B, K]``.
+
+    The super-network is deep-copied (the caller's model is left as it is); the copy knows a single image size
+    and holds its one position table. The input may have any side ``S_in``: it is resized to ``img_size`` inside,
+    as the super-network does.
+
+    Args:
+        model: a SuperVisionTransformer (DeiT or LV-ViT body).
+        img_size, keep_ratio: the operating point; both must be among those the model was trained for.
+        with_kept: also return the kept patch-token indices of each pruning block, ``(logits, idx_1, idx_2, ...)``
+            with idx_i [B, k_i] int64 into the patch tokens of that block's input (none when keep_ratio == 1).
+    """
+
+    def __init__(self, model: nn.Module, img_size: int, keep_ratio: float, with_kept: bool = False):
+        super().__init__()
+        self.img_size, self.keep_ratio = check_subnet(model, img_size, keep_ratio)
+        table = model.pos_embed_list[model.img_sizes.index(self.img_size)]
+        net = copy.deepcopy(model).eval()
+        net.pos_embed_list = nn.ParameterList([nn.Parameter(table.detach().clone(), requires_grad=False)])
+        net.img_sizes = (self.img_size,)
+        net.set_subnet(self.img_size, self.keep_ratio)
+        net.requires_grad_(False)
+        self.net = net
+        self.with_kept = bool(with_kept)
+        self._kept: list[torch.Tensor] = []
+        if self.with_kept:
+            for i in net.prune_layers:
+                net.blocks[i].register_forward_hook(self._record_kept)
+
+    def _record_kept(self, _block, _inputs, output):
+        idx = output[1]  # Block returns (x, idx or None)
+        if idx is not None:
+            self._kept.append(idx)
+
+    def forward(self, x: torch.Tensor):
+        self._kept = []
+        logits = self.net(x, img_size=self.img_size, keep_ratio=self.keep_ratio)
+        if not self.with_kept:
+            return logits
+        kept, self._kept = self._kept, []
+        return (logits, *kept)

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.supervit-installed
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo bench clean gpu-check
 
 $(STAMP): setup.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,3 +38,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
+
+# The GPU set on a machine with torch, triton, nvcc and a CUDA GPU but no network: no venv, no downloads, the
+# python3 on PATH unless PY= names another. OUT=DIR receives every log and result; PART=tests (build the extension
+# in place, GPU tests) or PART=bench (GPU benchmarks) runs one half, each within 8 minutes. No GPU: exit 2.
+gpu-check: PY = python3
+gpu-check:
+	$(PY) benchmarks/gpu/gpu_check.py --out "$(OUT)" --part "$(or $(PART),all)"

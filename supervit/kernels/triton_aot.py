@@ -142,7 +142,7 @@ def _meta(*shape, dtype):
 
 
 def launch_cases(dtypes=(torch.bfloat16, torch.float32), tokens: int = 197):
-    """(case name, launches) for every kernel the wrappers launch at the models' width (H=6, D=64, C=384).
+    """(case name, launches) for every kernel the wrappers launch at the models' width (H=6, D=64, C=384), N=tokens.
 
     q, k, v are views of one fused qkv projection and out / grad_out are token-major, as the models pass them.
     ``tokens`` is the sequence length; it picks the autotune configs that the length filter keeps and the
@@ -159,11 +159,11 @@ def launch_cases(dtypes=(torch.bfloat16, torch.float32), tokens: int = 197):
         for score in (True, False):
             with capture_launches() as fwd:
                 triton_attention.attention_forward(q, k, v, dim ** -0.5, score)
-            cases.append((f"{name} forward{' +score' if score else ''}", fwd))
+            cases.append((f"{name} forward{' +score' if score else ''} N={tokens}", fwd))
             grad_score = _meta(batch, tokens - 1 if score else 0, dtype=torch.float32)
             with capture_launches() as bwd:
                 triton_attention.attention_backward(out, grad_score, q, k, v, out, lse, dim ** -0.5, score)
-            cases.append((f"{name} backward{' +score grad' if score else ''}", bwd))
+            cases.append((f"{name} backward{' +score grad' if score else ''} N={tokens}", bwd))
     x = _meta(batch, tokens, channels, dtype=torch.bfloat16)
     score = _meta(batch, tokens - 1, dtype=torch.float32)
     kept = triton.cdiv(7 * tokens, 10)
@@ -173,14 +173,15 @@ def launch_cases(dtypes=(torch.bfloat16, torch.float32), tokens: int = 197):
         triton_prune.keep_topk(score, kept)
         triton_prune.gather_tokens(x, idx)
         triton_prune.gather_tokens_backward(_meta(batch, kept + 1, channels, dtype=torch.bfloat16), idx, tokens)
-    cases.append(("bf16 prune_tokens / keep_topk / gather_tokens fwd+bwd", prune))
+    cases.append((f"bf16 prune_tokens / keep_topk / gather_tokens fwd+bwd N={tokens}", prune))
     return cases
 
 
-def compile_all(arch: int = 90, tokens: int = 197, first_config_only: bool = False) -> list[Resources]:
-    """Resources of every captured launch (each kept autotune config, or the first only) for ``cuda:arch``."""
+def compile_all(arch: int = 90, lengths=(197,), first_config_only: bool = False) -> list[Resources]:
+    """Resources of every captured launch at each sequence length (each kept autotune config, or the first only)
+    for ``cuda:arch``."""
     rows = []
-    for case, launches in launch_cases(tokens=tokens):
+    for case, launches in (c for tokens in lengths for c in launch_cases(tokens=tokens)):
         seen = set()
         for launch in launches:
             if first_config_only and launch.kernel in seen:
@@ -203,13 +204,13 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (default 90 = sm_90)")
-    parser.add_argument("--tokens", type=int, default=197, help="sequence length of the captured launches")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[197], help="sequence lengths of the launches")
     parser.add_argument("--first-config-only", action="store_true", help="one autotune config per launch")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("triton_aot: unset TRITON_INTERPRET; interpreted kernels cannot be compiled", file=sys.stderr)
         return 2
-    print(f"triton {triton.__version__}, target sm_{args.arch}, N={args.tokens}")
+    print(f"triton {triton.__version__}, target sm_{args.arch}")
     print(format_table(compile_all(args.arch, args.tokens, args.first_config_only)))
     return 0
 

@@ -5,7 +5,9 @@ fp32 and fp16 only (bf16 arithmetic is wrong in the interpreter); small shapes, 
 import pytest
 import torch
 
-from _triton_testutil import FLOOR, INTERPRET, assert_within_rule, attention_lowp_reference, attention_truth
+from oracle import AttentionValues, assert_attention_within_rule, attention_same_precision, attention_truth
+
+from supervit.kernels.triton_launch import INTERPRET
 
 pytestmark = pytest.mark.skipif(not INTERPRET, reason="CPU Triton tests need TRITON_INTERPRET=1 (make test)")
 
@@ -25,24 +27,20 @@ def _inputs(shape, dtype, seed=0):
 
 
 def _check(shape, dtype, mode, fwd, bwd):
-    """Run kernel forward/backward and compare out, score, lse, dq, dk, dv with the tolerance rule."""
+    """Run kernel forward/backward and compare out, score, lse, dq, dk, dv with the oracle's rule."""
     q, k, v, go, gs = _inputs(shape, dtype)
     scale = shape[-1] ** -0.5
-    use_out, use_score = mode in ("out", "both"), mode in ("score", "both")
+    go, gs = (go if mode in ("out", "both") else None), (gs if mode in ("score", "both") else None)
     out, score, lse = fwd(q, k, v, scale, True)
     assert out.dtype == dtype and out.shape == q.shape
     assert out.transpose(1, 2).is_contiguous(), "out must be stored token-major ([B, N, H, D] contiguous)"
-    assert score.dtype == torch.float32 and score.shape == (shape[0], shape[2] - 1)
-    assert lse.dtype == torch.float32 and lse.shape == shape[:3]
-    grads = bwd(go if use_out else torch.zeros_like(go), gs if use_score else gs[:, :0], q, k, v, out, lse,
-                scale, use_score)
-    truth = attention_truth(q, k, v, scale, go if use_out else None, gs if use_score else None)
-    lowp = attention_lowp_reference(q, k, v, scale, go if use_out else None, gs if use_score else None)
-    ref_lse = torch.logsumexp(q.double() @ k.double().transpose(-2, -1) * scale, dim=-1)
-    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
-    for name, got, lp, tr in zip(("out", "score", "dq", "dk", "dv"), (out, score) + tuple(grads), lowp, truth):
-        assert got.dtype == (torch.float32 if name == "score" else dtype)
-        assert_within_rule(f"{name} {mode} {dtype} {shape}", got, lp, tr, FLOOR[dtype])
+    assert score.dtype == torch.float32 and lse.dtype == torch.float32
+    grads = bwd(torch.zeros_like(q) if go is None else go, score[:, :0] if gs is None else gs, q, k, v, out, lse,
+                scale, gs is not None)
+    assert all(g.dtype == dtype for g in grads)
+    assert_attention_within_rule(f"{mode} {dtype} {shape}", AttentionValues(out, score, lse, *grads),
+                                 attention_same_precision(q, k, v, scale, go, gs),
+                                 attention_truth(q, k, v, scale, go, gs), dtype)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -74,12 +72,12 @@ def test_no_score_and_tiny_sequences():
         out, score, lse = triton_backend.attention_forward(q, k, v, 0.25, False)
         assert score.shape == (2, 0) and score.dtype == torch.float32
         truth = attention_truth(q, k, v, 0.25, go, None)
-        torch.testing.assert_close(out.double(), truth[0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out.double(), truth.out, atol=1e-6, rtol=1e-5)
         dq, dk, dv = triton_backend.attention_backward(go, score, q, k, v, out, lse, 0.25, False)
-        for got, tr in zip((dq, dk, dv), truth[2:]):
+        for got, tr in zip((dq, dk, dv), (truth.dq, truth.dk, truth.dv)):
             torch.testing.assert_close(got.double(), tr, atol=1e-6, rtol=1e-5)
     out, score, _ = triton_backend.attention_forward(q, k, v, 0.25, True)  # N = 2: one patch key, score 1 - P00
-    torch.testing.assert_close(score.double(), attention_truth(q, k, v, 0.25, go, None)[1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(score.double(), attention_truth(q, k, v, 0.25, go, None).score, atol=1e-6, rtol=1e-5)
 
 
 def test_strided_inputs_are_read_in_place(monkeypatch):
@@ -101,7 +99,7 @@ def test_strided_inputs_are_read_in_place(monkeypatch):
     assert {q.data_ptr(), k.data_ptr(), v.data_ptr(), go.data_ptr()} <= pointers("_attention_bwd_kernel")
     assert {out.data_ptr(), go.data_ptr()} <= pointers("_bwd_delta_kernel")
     truth = attention_truth(q, k, v, dim ** -0.5, go, gs)
-    for got, want in zip((out, score) + tuple(grads), truth):
+    for got, want in zip((out, score) + tuple(grads), (truth.out, truth.score, truth.dq, truth.dk, truth.dv)):
         torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-4)
 
 

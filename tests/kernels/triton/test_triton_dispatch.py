@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from _triton_testutil import INTERPRET, attention_truth
+from oracle import attention_truth
+
+from supervit.kernels.triton_launch import INTERPRET
 
 pytestmark = pytest.mark.skipif(not INTERPRET, reason="CPU Triton tests need TRITON_INTERPRET=1 (make test)")
 
@@ -28,11 +30,11 @@ def test_public_attention_autograd(forced_triton):
     out, score = K.attention(q, k, v, return_cls_score=True)
     ((out * go).sum() + (score * gs).sum()).backward()
     truth = attention_truth(q, k, v, 32 ** -0.5, go, gs)
-    for got, tr in zip((out, score, q.grad, k.grad, v.grad), truth):
+    for got, tr in zip((out, score, q.grad, k.grad, v.grad), (truth.out, truth.score, truth.dq, truth.dk, truth.dv)):
         torch.testing.assert_close(got.double(), tr, atol=2e-5, rtol=1e-4)
     q.grad = None  # score alone: the backward gets a zero grad_out
     K.attention(q, k, v, return_cls_score=True)[1].mul(gs).sum().backward()
-    torch.testing.assert_close(q.grad.double(), attention_truth(q, k, v, 32 ** -0.5, None, gs)[2], atol=2e-5,
+    torch.testing.assert_close(q.grad.double(), attention_truth(q, k, v, 32 ** -0.5, None, gs).dq, atol=2e-5,
                                rtol=1e-4)
 
 

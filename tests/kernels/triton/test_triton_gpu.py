@@ -6,8 +6,10 @@ Skipped without CUDA (tests/conftest.py) and under TRITON_INTERPRET=1.
 import pytest
 import torch
 
-from _triton_testutil import (FLOOR, INTERPRET, assert_within_rule, attention_lowp_reference, attention_truth,
-                              tied_scores)
+from oracle import (AttentionValues, assert_attention_within_rule, attention_same_precision, attention_truth,
+                    tied_scores)
+
+from supervit.kernels.triton_launch import INTERPRET
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(INTERPRET, reason="GPU tests run the compiled kernels, not the interpreter")]
@@ -23,27 +25,38 @@ if not INTERPRET:
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
-# SPEC sequence lengths: the four resolutions and every length after pruning at r = 0.5 / 0.7
+# The models' sequence lengths: the four token grids and every length after pruning at r = 0.5 / 0.7
 SEQ_LENS = [65, 101, 145, 197, 34, 18, 10, 47, 25, 52, 27, 15, 72, 38, 74, 20, 103, 53, 100, 51, 139, 99, 71]
 GRID_LENS = [65, 101, 145, 197, 34, 27, 18, 100, 51, 139]
 
 
-def _run_attention(batch, heads, tokens, dim, dtype, mode, seed=0):
+def _inputs(batch, heads, tokens, dim, dtype, seed=0, qkv_views=False):
+    """q, k, v, grad_out [B, H, N, D] and grad_score [B, N-1] on the GPU; with ``qkv_views`` q, k, v are views of one
+    [B, N, 3, H, D] tensor and grad_out is token-major, as the models pass them."""
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    shape = (batch, heads, tokens, dim)
-    q, k, v, go = (torch.randn(shape, device="cuda", generator=gen).to(dtype) for _ in range(4))
-    gs = torch.randn(batch, tokens - 1, device="cuda", generator=gen)
+    if qkv_views:
+        q, k, v = torch.randn(batch, tokens, 3, heads, dim, device="cuda", generator=gen).to(dtype).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        go = torch.randn(batch, tokens, heads, dim, device="cuda", generator=gen).to(dtype).transpose(1, 2)
+    else:
+        q, k, v, go = (torch.randn(batch, heads, tokens, dim, device="cuda", generator=gen).to(dtype)
+                       for _ in range(4))
+    return q, k, v, go, torch.randn(batch, tokens - 1, device="cuda", generator=gen)
+
+
+def _run_attention(batch, heads, tokens, dim, dtype, mode, seed=0, qkv_views=False):
+    q, k, v, go, gs = _inputs(batch, heads, tokens, dim, dtype, seed, qkv_views)
     scale = dim ** -0.5
-    use_out, use_score = mode in ("out", "both"), mode in ("score", "both")
+    go, gs = (go if mode in ("out", "both") else None), (gs if mode in ("score", "both") else None)
     out, score, lse = tb.attention_forward(q, k, v, scale, True)
     assert out.transpose(1, 2).is_contiguous(), "out must be stored token-major"
-    grads = tb.attention_backward(go if use_out else torch.zeros_like(go), gs if use_score else gs[:, :0],
-                                  q, k, v, out, lse, scale, use_score)
-    truth = attention_truth(q, k, v, scale, go if use_out else None, gs if use_score else None)
-    lowp = attention_lowp_reference(q, k, v, scale, go if use_out else None, gs if use_score else None)
-    for name, got, lp, tr in zip(("out", "score", "dq", "dk", "dv"), (out, score) + tuple(grads), lowp, truth):
-        assert_within_rule(f"{name} {mode} {dtype} {shape}", got, lp, tr, FLOOR[dtype])
-    return out, score, lse, grads
+    grads = tb.attention_backward(torch.zeros_like(q) if go is None else go, score[:, :0] if gs is None else gs,
+                                  q, k, v, out, lse, scale, gs is not None)
+    got = AttentionValues(out, score, lse, *grads)
+    assert_attention_within_rule(f"{mode} {dtype} {tuple(q.shape)}", got,
+                                 attention_same_precision(q, k, v, scale, go, gs),
+                                 attention_truth(q, k, v, scale, go, gs), dtype)
+    return got
 
 
 @pytest.mark.parametrize("tokens", GRID_LENS)
@@ -78,13 +91,35 @@ def test_attention_long_sequences(dtype, tokens):
 
 
 def test_attention_backward_is_deterministic():
-    out, score, lse, grads = _run_attention(16, 6, 197, 64, torch.bfloat16, "both")
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, go = (torch.randn(16, 6, 197, 64, device="cuda", generator=gen).bfloat16() for _ in range(4))
-    gs = torch.randn(16, 196, device="cuda", generator=gen)
-    again = tb.attention_backward(go, gs, q, k, v, out, lse, 64 ** -0.5, True)
-    for a, b in zip(grads, again):
+    first = _run_attention(16, 6, 197, 64, torch.bfloat16, "both")
+    q, k, v, go, gs = _inputs(16, 6, 197, 64, torch.bfloat16)
+    again = tb.attention_backward(go, gs, q, k, v, first.out, first.lse, 64 ** -0.5, True)
+    for a, b in zip((first.dq, first.dk, first.dv), again):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("tokens", [197, 100, 27])  # several key blocks, one key block (dQ in the dK/dV loop)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_attention_reads_qkv_views_and_token_major_grads(dtype, tokens):
+    """The models' layout: q, k, v views of the fused qkv projection, grad_out token-major (no copies made)."""
+    _run_attention(8, 6, tokens, 64, dtype, "both", qkv_views=True)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_launches_follow_the_tensors_device():
+    """Tensors on cuda:1 while cuda:0 is current: the results are right (the launch ran on cuda:1)."""
+    with torch.cuda.device(0):
+        q, k, v, go, gs = (t.to("cuda:1") for t in _inputs(2, 6, 65, 64, torch.bfloat16))
+        out, score, lse = tb.attention_forward(q, k, v, 0.125, True)
+        grads = tb.attention_backward(go, gs, q, k, v, out, lse, 0.125, True)
+        x = torch.randn(2, 65, 384, device="cuda:1")
+        kept, idx = tb.prune_tokens_forward(x, score, 33)
+    assert out.device == torch.device("cuda", 1)
+    assert_attention_within_rule("cuda:1", AttentionValues(out, score, lse, *grads),
+                                 attention_same_precision(q, k, v, 0.125, go, gs),
+                                 attention_truth(q, k, v, 0.125, go, gs), torch.bfloat16)
+    ref_kept, ref_idx = reference.prune_tokens_forward(x, score, 33)
+    assert torch.equal(idx, ref_idx) and torch.equal(kept, ref_kept)
 
 
 @pytest.mark.parametrize("keep_ratio", [0.5, 0.7])

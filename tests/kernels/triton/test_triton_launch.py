@@ -1,14 +1,11 @@
 """What surrounds the Triton launches, checked on CPU: device guard, TF32 choice, capability query, autotune switch."""
 import contextlib
-import os
-import subprocess
-import sys
 import types
 
 import pytest
 import torch
 
-from _triton_testutil import INTERPRET
+from supervit.kernels.triton_launch import INTERPRET
 
 pytestmark = pytest.mark.skipif(not INTERPRET, reason="CPU Triton tests need TRITON_INTERPRET=1 (make test)")
 
@@ -16,38 +13,34 @@ if INTERPRET:
     from supervit.kernels import triton_attention, triton_backend, triton_launch, triton_prune
     from supervit.kernels.contract import Case
 
-_TF32_SCRIPT = r"""
-import torch
-from supervit.kernels.triton_attention import _dot_precision
-matmul = torch.backends.cuda.matmul
-assert _dot_precision(torch.float32) == "ieee", "default: exact fp32 products"
-matmul.allow_tf32 = True
-assert _dot_precision(torch.float32) == "tf32", "legacy API allows TF32"
-matmul.allow_tf32 = False
-assert _dot_precision(torch.float32) == "ieee"
-matmul.fp32_precision = "tf32"  # the new API; from here on the legacy getter may raise
-try:
-    matmul.allow_tf32
-    legacy_raises = False
-except RuntimeError:
-    legacy_raises = True
-assert _dot_precision(torch.float32) == "tf32", "new API allows TF32"
-matmul.fp32_precision = "ieee"
-assert _dot_precision(torch.float32) == "ieee", "new API forbids TF32"
-torch.backends.fp32_precision = "tf32"
-matmul.fp32_precision = "none"
-assert _dot_precision(torch.float32) == "tf32", "matmul 'none' inherits the global setting"
-assert _dot_precision(torch.bfloat16) == "tf32"
-print("legacy getter raises:", legacy_raises)
-"""
+@pytest.fixture
+def precision_flags():
+    """Restores the process-global fp32 matmul precision settings after the test."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision, torch.backends.fp32_precision
+    yield matmul
+    torch.backends.fp32_precision = saved[1]
+    matmul.fp32_precision = saved[0]  # "none" also ends the legacy/new mix, so the legacy getter works again
 
 
-def test_tf32_choice_under_both_precision_apis():
-    """A fresh process (the precision flags are process-global): both APIs, and no raise after the new one."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _TF32_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "legacy getter raises:" in done.stdout
+def test_tf32_choice_under_both_precision_apis(precision_flags):
+    matmul, choose = precision_flags, triton_attention._dot_precision
+    matmul.fp32_precision = "none"
+    assert choose(torch.float32) == "ieee", "default: exact fp32 products"
+    matmul.allow_tf32 = True
+    assert choose(torch.float32) == "tf32", "the legacy API allows TF32"
+    matmul.allow_tf32 = False
+    assert choose(torch.float32) == "ieee"
+    matmul.fp32_precision = "tf32"  # the new API: from here on the legacy getter raises (torch >= 2.9)
+    with pytest.raises(RuntimeError):
+        matmul.allow_tf32  # noqa: B018 - the getter that the kernels must not read
+    assert choose(torch.float32) == "tf32", "the new API allows TF32"
+    matmul.fp32_precision = "ieee"
+    assert choose(torch.float32) == "ieee", "the new API forbids TF32"
+    torch.backends.fp32_precision = "tf32"
+    matmul.fp32_precision = "none"
+    assert choose(torch.float32) == "tf32", "matmul 'none' inherits the global setting"
+    assert choose(torch.bfloat16) == "tf32"  # half types: tensor-core dots whatever the flags
 
 
 def test_on_device_enters_the_tensors_cuda_device(monkeypatch):

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from _triton_testutil import INTERPRET, tied_scores
+from oracle import tied_scores
+
+from supervit.kernels.triton_launch import INTERPRET
 
 pytestmark = pytest.mark.skipif(not INTERPRET, reason="CPU Triton tests need TRITON_INTERPRET=1 (make test)")
 

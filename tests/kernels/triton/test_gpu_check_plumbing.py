@@ -1,0 +1,72 @@
+"""The GPU check and GPU benchmarks on a machine without a GPU: a clear stop (exit 2), and their CPU-side logic."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+sys.path.insert(0, os.path.join(REPO, "benchmarks", "gpu"))
+
+import bench_triton  # noqa: E402
+import gpu_check  # noqa: E402
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
+
+
+@no_gpu
+def test_make_gpu_check_stops_at_once_without_a_gpu(tmp_path):
+    out = tmp_path / "gpu"
+    done = subprocess.run(["make", "-s", "gpu-check", f"OUT={out}", f"PY={sys.executable}", "PART=tests"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    first = done.stderr.strip().splitlines()[0]
+    assert first.startswith("gpu-check needs a CUDA GPU") and "nothing was run" in first
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
+@no_gpu
+def test_gpu_scripts_exit_2_without_a_gpu(tmp_path, capsys):
+    assert gpu_check.main(["--out", str(tmp_path / "x"), "--part", "bench"]) == 2
+    assert bench_triton.main(["--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and "nothing was measured" in err
+    assert gpu_check.main(["--out", " "]) == 2
+
+
+def test_fp32_attention_baseline_is_a_backend_with_fp32_kernels():
+    from torch.nn.attention import SDPBackend
+
+    backend, label = bench_triton.sdpa_baseline(torch.float32)
+    assert backend == SDPBackend.EFFICIENT_ATTENTION and "flash has no fp32" in label
+    for dtype in (torch.bfloat16, torch.float16):
+        assert bench_triton.sdpa_baseline(dtype)[0] == SDPBackend.FLASH_ATTENTION
+
+
+def _write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_summary_reads_the_targets_from_the_result_files(tmp_path):
+    _write(tmp_path / "models" / "models_eval.csv", [
+        dict(model="timm_deit_small_patch16_224", batch="256", img_size="224", keep_ratio="1.0", img_per_s="1000"),
+        dict(model="super_deit_s", batch="256", img_size="224", keep_ratio="0.7", img_per_s="1500"),
+        dict(model="super_deit_s", batch="256", img_size="224", keep_ratio="0.5", img_per_s="1700"),
+        dict(model="super_deit_s", batch="1", img_size="224", keep_ratio="0.5", img_per_s="10")])
+    _write(tmp_path / "cuda_graphs" / "cuda_graphs.csv", [
+        dict(model="super_deit_s", img_size="224", keep_ratio="1.0", mode="cuda_graph", below_full=""),
+        dict(model="super_deit_s", img_size="128", keep_ratio="0.5", mode="cuda_graph", below_full="True"),
+        dict(model="super_deit_s", img_size="224", keep_ratio="0.7", mode="cuda_graph", below_full="False")])
+    text = "\n".join(gpu_check.target_lines(str(tmp_path)))
+    assert "(224, 0.7) b256: 1.50x timm DeiT-S throughput (target 1.4x): True" in text
+    assert "(224, 0.5) b256: 1.70x timm DeiT-S throughput (target 1.8x): False" in text
+    assert "1 of 2 pruned sub-networks below (224, 1); not: (224, 0.7)" in text
+    assert gpu_check.target_lines(str(tmp_path / "empty")) == ["- no benchmark results under this folder "
+                                                               "(run PART=bench)"]

@@ -5,6 +5,7 @@ import argparse
 import os
 import pickle
 import zipfile
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,31 @@ _STATE_KEYS_EMA = ("model_ema", "state_dict_ema")
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read or does not fit the model."""
+
+
+class LoadedCheckpoint(NamedTuple):
+    """What ``load_checkpoint`` loaded.
+
+    Attributes:
+        path: the file.
+        source_format: "deit-script" (``model`` / ``model_ema``), "timm-saver" (``state_dict`` /
+            ``state_dict_ema``) or "state-dict" (a bare tensor dict).
+        weights_key: the dict key the weights came from (None for a bare state dict).
+        ema: the EMA weights were loaded.
+        converted_plain_vit: a plain ViT's single ``pos_embed`` was resized into every position table.
+        missing_keys, unexpected_keys: tensor names the model has but the file lacks, and the reverse (empty when
+            ``strict``).
+        epoch: the ``epoch`` the file records, if any.
+    """
+
+    path: str
+    source_format: str
+    weights_key: str | None
+    ema: bool
+    converted_plain_vit: bool
+    missing_keys: list
+    unexpected_keys: list
+    epoch: int | None
 
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -55,21 +81,26 @@ def extract_state_dict(checkpoint: dict, use_ema: bool = False) -> dict:
             ``state_dict_ema``), or a bare state dict.
         use_ema: take the EMA weights (``model_ema`` / ``state_dict_ema``).
     """
+    key = weights_key(checkpoint, use_ema)
+    state = checkpoint if key is None else checkpoint[key]
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def weights_key(checkpoint: dict, use_ema: bool = False) -> str | None:
+    """The key of ``checkpoint`` holding the (EMA) weights; None for a bare state dict. See ``extract_state_dict``."""
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"a checkpoint must be a dict, got {type(checkpoint).__name__}")
     keys = _STATE_KEYS_EMA if use_ema else _STATE_KEYS_RAW
     found = [k for k in keys if isinstance(checkpoint.get(k), dict)]
     if found:
-        state = checkpoint[found[0]]
-    elif use_ema:
+        return found[0]
+    if use_ema:
         raise CheckpointError(f"use_ema=True but the checkpoint has none of {list(_STATE_KEYS_EMA)}; "
                               f"its keys are {sorted(checkpoint)[:10]}")
-    elif all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        state = checkpoint
-    else:
-        raise CheckpointError(f"no model weights among the checkpoint keys {sorted(checkpoint)[:10]}; "
-                              f"expected one of {list(_STATE_KEYS_RAW + _STATE_KEYS_EMA)}")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return None
+    raise CheckpointError(f"no model weights among the checkpoint keys {sorted(checkpoint)[:10]}; "
+                          f"expected one of {list(_STATE_KEYS_RAW + _STATE_KEYS_EMA)}")
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: int, num_prefix: int = 1) -> torch.Tensor:
@@ -99,16 +130,23 @@ def convert_plain_vit_state_dict(state_dict: dict, model) -> dict:
     return state
 
 
-def load_checkpoint(model, path, use_ema: bool = False, strict: bool = True) -> dict:
-    """Load a released (or our own) checkpoint into ``model``; returns the whole checkpoint dict.
+_FORMATS = {"model": "deit-script", "model_ema": "deit-script", "state_dict": "timm-saver",
+            "state_dict_ema": "timm-saver", None: "state-dict"}
 
-    A plain ViT checkpoint (single ``pos_embed``) is converted with ``convert_plain_vit_state_dict``.
+
+def load_checkpoint(model, path, use_ema: bool = False, strict: bool = True) -> LoadedCheckpoint:
+    """Load a released (or our own) checkpoint into ``model``; returns a ``LoadedCheckpoint`` summary.
+
+    A plain ViT checkpoint (single ``pos_embed``) is converted with ``convert_plain_vit_state_dict``. Use
+    ``read_checkpoint`` for the other entries of the file (optimizer, args, ...).
     Raises ``CheckpointError`` naming the file on unreadable files, and on missing/unexpected/ill-shaped tensors
     when ``strict``.
     """
     checkpoint = read_checkpoint(path)
+    key = weights_key(checkpoint, use_ema)
     state = extract_state_dict(checkpoint, use_ema=use_ema)
-    if "pos_embed" in state and "pos_embed_list.0" not in state:
+    plain = "pos_embed" in state and "pos_embed_list.0" not in state
+    if plain:
         state = convert_plain_vit_state_dict(state, model)
     own = model.state_dict()
     wrong_shape = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -119,4 +157,7 @@ def load_checkpoint(model, path, use_ema: bool = False, strict: bool = True) -> 
     if strict and (result.missing_keys or result.unexpected_keys):
         raise CheckpointError(f"{os.fspath(path)!r} does not fit the model: missing {result.missing_keys[:5]}, "
                               f"unexpected {result.unexpected_keys[:5]}")
-    return checkpoint
+    epoch = checkpoint.get("epoch") if key is not None else None
+    return LoadedCheckpoint(os.fspath(path), _FORMATS[key], key, key in _STATE_KEYS_EMA, plain,
+                            list(result.missing_keys), list(result.unexpected_keys),
+                            epoch if isinstance(epoch, int) else None)

@@ -32,6 +32,9 @@ def model_config(model: nn.Module) -> dict:
             if type(model.patch_embed) is not stem_class:
                 raise ValueError(f"model_config: a {model_class.__name__} with a custom patch_embed "
                                  f"({type(model.patch_embed).__name__}) cannot be described by its arguments")
+            if len(model.blocks) != model.arch_kwargs["depth"]:
+                raise ValueError("model_config: the model's blocks were trimmed (prune_intermediate_layers); it "
+                                 "is no longer described by its constructor arguments")
             kwargs = copy.deepcopy(model.arch_kwargs)
             kwargs["num_classes"] = int(model.num_classes)
             return {"arch": arch, "kwargs": kwargs}

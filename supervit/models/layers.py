@@ -8,6 +8,20 @@ from timm.layers import DropPath, Mlp
 from .. import kernels
 
 
+def attention_op(q, k, v, scale: float, return_cls_score: bool):
+    """``kernels.attention``; a leaf of FX graphs (its argument checks need concrete tensors)."""
+    return kernels.attention(q, k, v, scale=scale, return_cls_score=return_cls_score)
+
+
+def prune_op(x, score, keep_ratio: float):
+    """``kernels.prune_tokens``; a leaf of FX graphs."""
+    return kernels.prune_tokens(x, score, keep_ratio)
+
+
+torch.fx.wrap("attention_op")
+torch.fx.wrap("prune_op")
+
+
 class Attention(nn.Module):
     """Multi-head self-attention whose probabilities can also yield the CLS score of the patch tokens.
 
@@ -29,10 +43,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, return_cls_score: bool = False):
         """x [B, N, C] -> y [B, N, C], and score [B, N-1] when ``return_cls_score``."""
-        batch, tokens, channels = x.shape
+        batch, tokens, channels = x.shape[0], x.shape[1], x.shape[2]
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, N, D]
-        result = kernels.attention(q, k, v, scale=self.scale, return_cls_score=return_cls_score)
+        result = attention_op(q, k, v, self.scale, return_cls_score)
         out, score = result if return_cls_score else (result, None)
         y = self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
         return (y, score) if return_cls_score else y
@@ -65,7 +79,7 @@ class Block(nn.Module):
         if prune:
             y, score = y
             x = x + self._residual(y)
-            x, idx = kernels.prune_tokens(x, score, keep_ratio)
+            x, idx = prune_op(x, score, keep_ratio)
         else:
             x = x + self._residual(y)
         x = x + self._residual(self.mlp(self.norm2(x)))

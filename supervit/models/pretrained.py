@@ -47,6 +47,7 @@ def _accuracy_notes(arch: str) -> tuple[str, ...]:
 def _cfg(arch: str, crop_pct: float, first_conv: str, classifier) -> dict:
     return dict(
         url="", hf_hub_id=None, num_classes=1000, input_size=(3, 224, 224), min_input_size=(3, 128, 128),
+        fixed_input_size=True,  # crops of the largest size; forward resizes them per sub-network
         pool_size=None, crop_pct=crop_pct, interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD, first_conv=first_conv, classifier=classifier, license="unknown",
         paper_ids=PAPER_ID, paper_name=PAPER_NAME, origin_url=ORIGIN_URL,

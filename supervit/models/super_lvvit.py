@@ -7,9 +7,12 @@ from timm.layers import trunc_normal_
 from timm.models import register_model
 
 from ..kernels.validation import is_plain_int
+from .builder import build_super_vit
 from .layers import ConvStemPatchEmbed
-from .super_deit import _model_kwargs, _reject_pretrained
-from .super_vit import SuperVisionTransformer, scaled_box
+from .pretrained import default_cfgs  # noqa: F401 - timm's register_model reads the module's default_cfgs
+from .super_vit import SuperVisionTransformer, guard_traced_args, scaled_box
+
+torch.fx.wrap("guard_traced_args")  # a leaf of FX graphs traced from this module too
 
 Box = tuple[int, int, int, int]  # (h1, w1, h2, w2) on a patch grid, end-exclusive
 
@@ -25,9 +28,14 @@ def mix_region(x: torch.Tensor, box: Box, spatial_dims: tuple[int, int]) -> torc
     return mixed
 
 
+def _is_int(value) -> bool:
+    """A plain int, or under torch.compile the symbolic int dynamo makes of a changing box coordinate."""
+    return is_plain_int(value) or (isinstance(value, torch.SymInt) and torch.compiler.is_compiling())
+
+
 def check_box(box, grid: int) -> None:
     """``box`` = (h1, w1, h2, w2) ints with 0 <= h1 <= h2 <= grid and 0 <= w1 <= w2 <= grid."""
-    ok = isinstance(box, (tuple, list)) and len(box) == 4 and all(is_plain_int(c) for c in box)
+    ok = isinstance(box, (tuple, list)) and len(box) == 4 and all(_is_int(c) for c in box)
     if not ok or not (0 <= box[0] <= box[2] <= grid and 0 <= box[1] <= box[3] <= grid):
         raise ValueError(f"mix_box must be (h1, w1, h2, w2) ints on the {grid}x{grid} grid of the largest size with "
                          f"0 <= h1 <= h2 <= {grid} and 0 <= w1 <= w2 <= {grid}, got {box!r}")
@@ -62,11 +70,21 @@ class SuperLVViT(SuperVisionTransformer):
         super().reset_classifier(num_classes, global_pool)
         self.aux_head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
+    def forward_head(self, x, pre_logits: bool = False):
+        """Tokens [B, n, C] -> eval logits ``head(CLS) + aux_weight * max over patches of aux_head`` [B, K]; the CLS
+        features [B, C] when ``pre_logits`` or without classifier (``num_classes=0``)."""
+        cls = x[:, 0]
+        if pre_logits or self.num_classes == 0:
+            return cls
+        return self.head(cls) + self.aux_weight * self.aux_head(x[:, 1:]).max(dim=1).values
+
     def forward(self, x, img_size: int | None = None, keep_ratio: float | None = None, mix_box: Box | None = None):
         """Logits of sub-network (img_size, keep_ratio); see the class docstring for training outputs."""
-        img_size, keep_ratio = self._resolve(x, img_size, keep_ratio)
+        x, img_size, keep_ratio = self._resolve(x, img_size, keep_ratio)
+        if isinstance(mix_box, torch.fx.Proxy):  # FX traces without MixToken
+            x, mix_box = guard_traced_args(x, ("mix_box",), (mix_box,), (None,)), None
         grid = self.embed(x, img_size)  # [B, C, g, g]
-        side = grid.shape[-1]
+        side = img_size // self.patch_size
         box = None
         if self.training and mix_box is not None:
             check_box(mix_box, self.img_sizes[-1] // self.patch_size)
@@ -74,13 +92,12 @@ class SuperLVViT(SuperVisionTransformer):
             grid = mix_region(grid, box, (2, 3))
         tokens, _ = self.run_blocks(self.tokens_with_position(grid, img_size), keep_ratio)
         tokens = self.norm(tokens)
-        cls_logits = self.head(tokens[:, 0])
-        full = (img_size, keep_ratio) == (self.img_sizes[-1], 1.0)
-        if self.training and not full:
-            return cls_logits
-        aux_logits = self.aux_head(tokens[:, 1:])  # [B, n-1, K]
         if not self.training:
-            return cls_logits + self.aux_weight * aux_logits.max(dim=1).values
+            return self.forward_head(tokens)
+        cls_logits = self.head(tokens[:, 0])
+        if (img_size, keep_ratio) != (self.img_sizes[-1], 1.0):
+            return cls_logits
+        aux_logits = self.aux_head(tokens[:, 1:])  # [B, g*g, K]
         if box is not None:
             grid_logits = aux_logits.reshape(aux_logits.shape[0], side, side, -1)
             aux_logits = mix_region(grid_logits, box, (1, 2)).reshape(aux_logits.shape)
@@ -89,8 +106,9 @@ class SuperLVViT(SuperVisionTransformer):
 
 @register_model
 def super_lvvit_s(pretrained: bool = False, **kwargs) -> SuperLVViT:
-    """SuperViT(LV-ViT-S): embed 384, depth 16, 6 heads, MLP ratio 3, no qkv bias; 26,271,248 parameters."""
-    _reject_pretrained(pretrained, "super_lvvit_s")
-    kwargs = _model_kwargs(kwargs)
+    """SuperViT(LV-ViT-S): embed 384, depth 16, 6 heads, MLP ratio 3, no qkv bias; 26,271,248 parameters.
+
+    ``pretrained=True`` loads ``pretrained_cfg_overlay=dict(file=PATH)`` (see ``builder.build_super_vit``).
+    """
     config = dict(patch_size=16, embed_dim=384, depth=16, num_heads=6, mlp_ratio=3.0, qkv_bias=False)
-    return SuperLVViT(**{**config, **kwargs})
+    return build_super_vit(SuperLVViT, "super_lvvit_s", pretrained, **{**config, **kwargs})

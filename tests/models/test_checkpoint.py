@@ -8,6 +8,7 @@ import torch
 
 from supervit.models import (CheckpointError, SuperDeiT, SuperLVViT, convert_plain_vit_state_dict,
                              load_checkpoint, read_checkpoint)
+from supervit.models.checkpoint import LoadedCheckpoint
 
 
 def small_deit(seed):
@@ -28,9 +29,11 @@ def test_deit_script_format(tmp_path, use_ema):
                 "lr_scheduler": {"last_epoch": 3}, "epoch": 3, "scaler": {"scale": 65536.0},
                 "args": argparse.Namespace(model="super_deit_s", lr=1e-3)}, path)
     model = small_deit(2)
-    ckpt = load_checkpoint(model, path, use_ema=use_ema)
+    loaded = load_checkpoint(model, path, use_ema=use_ema)
     assert same_weights(model, ema if use_ema else raw)
-    assert ckpt["args"].model == "super_deit_s" and ckpt["epoch"] == 3
+    assert loaded == LoadedCheckpoint(str(path), "deit-script", "model_ema" if use_ema else "model", use_ema, False,
+                                      [], [], 3)
+    assert "optimizer" not in repr(loaded)  # a summary, not the whole checkpoint
 
 
 @pytest.mark.parametrize("use_ema", [False, True])
@@ -44,8 +47,9 @@ def test_timm_saver_format_with_module_prefix(tmp_path, use_ema):
                 "version": 2, "args": argparse.Namespace(model="super_lvvit_s"), "amp_scaler": {},
                 "state_dict_ema": ema.state_dict(), "metric": 81.5}, path)
     model = SuperLVViT(**kw)
-    load_checkpoint(model, path, use_ema=use_ema)
+    loaded = load_checkpoint(model, path, use_ema=use_ema)
     assert same_weights(model, ema if use_ema else raw)
+    assert (loaded.source_format, loaded.ema, loaded.epoch) == ("timm-saver", use_ema, 9)
 
 
 def test_malicious_pickle_is_refused_not_executed(tmp_path):
@@ -104,5 +108,5 @@ def test_plain_deit_small_converts_by_bicubic_interpolation(tmp_path):
     path = tmp_path / "deit_small.pth"
     torch.save({"model": plain.state_dict()}, path)
     fresh = timm.create_model("super_deit_s")
-    load_checkpoint(fresh, path)
+    assert load_checkpoint(fresh, path).converted_plain_vit
     assert torch.equal(fresh.pos_embed_list[1], model.pos_embed_list[1])

@@ -1,0 +1,70 @@
+"""Building the registered models the timm way, including ``pretrained=True`` from a released checkpoint file."""
+from __future__ import annotations
+
+from timm.models import build_model_with_cfg
+from timm.models._builder import resolve_pretrained_cfg
+
+from .checkpoint import convert_plain_vit_state_dict, extract_state_dict, read_checkpoint
+from .pretrained import RELEASED_WEIGHTS
+
+# Which weights of a released file ``pretrained=True`` takes by default: each recipe's evaluated weights
+# (DeiT evaluates the raw model, LV-ViT its EMA).
+PRETRAINED_EMA = {"super_deit_s": False, "super_lvvit_s": True}
+
+
+def checkpoint_filter_fn(state_dict: dict, model) -> dict:
+    """A plain DeiT-S / LV-ViT-S state dict (one ``pos_embed``) converted to the super-network's tables; ours
+    unchanged (a leading ``module.`` is stripped by the loader)."""
+    if "pos_embed" in state_dict and "pos_embed_list.0" not in state_dict:
+        return convert_plain_vit_state_dict(state_dict, model)
+    return state_dict
+
+
+def _pretrained_state_dict(variant: str, kwargs: dict, use_ema: bool | None) -> dict:
+    """Weights of the file named by ``pretrained_cfg_overlay=dict(file=...)``, read with ``weights_only``."""
+    cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    if cfg.state_dict is not None:
+        return cfg.state_dict
+    if not cfg.file:
+        raise ValueError(f"{variant}: pretrained=True needs the released checkpoint on disk (nothing is downloaded):"
+                         f" fetch it from {RELEASED_WEIGHTS[variant]} and pass "
+                         "pretrained_cfg_overlay=dict(file=PATH)")
+    checkpoint = read_checkpoint(cfg.file)
+    if use_ema is None:
+        use_ema = PRETRAINED_EMA[variant] and any(
+            isinstance(checkpoint.get(k), dict) for k in ("model_ema", "state_dict_ema"))
+    return extract_state_dict(checkpoint, use_ema=use_ema)
+
+
+def _drop_state_dict(model) -> None:
+    """Forget the loaded weights kept in the pretrained cfg (the model holds its own copy)."""
+    for module in model.modules():
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, dict):
+            cfg.pop("state_dict", None)
+
+
+def build_super_vit(model_class, variant: str, pretrained: bool = False, pretrained_ema: bool | None = None,
+                    **kwargs):
+    """``build_model_with_cfg`` for a super-network.
+
+    With ``pretrained=True`` the weights come from ``pretrained_cfg_overlay=dict(file=PATH)`` (a released file in
+    the DeiT-script or timm-saver format, our own checkpoint, or a plain DeiT-S / LV-ViT-S file whose position table
+    is converted), read with ``weights_only=True``; ``pretrained_ema`` picks the EMA weights (default: the recipe's
+    choice, see ``PRETRAINED_EMA``). ``num_classes`` / ``in_chans`` different from the file adapt the heads
+    (re-initialised) and the first convolution as timm does. ``features_only=True`` wraps the model in timm's
+    feature getter (``out_indices``: the last 3 blocks by default).
+    """
+    if "img_size" in kwargs:
+        raise ValueError(f"{variant}: img_size is chosen per call (forward's img_size argument); pass "
+                         "img_sizes=(...) to change the operating sizes")
+    if pretrained:
+        overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+        overlay["state_dict"] = _pretrained_state_dict(variant, {**kwargs, "pretrained_cfg_overlay": overlay},
+                                                       pretrained_ema)
+        kwargs["pretrained_cfg_overlay"] = overlay
+    feature_cfg = dict(feature_cls="getter", out_indices=kwargs.pop("out_indices", 3))
+    model = build_model_with_cfg(model_class, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                 feature_cfg=feature_cfg, kwargs_filter=("img_size",), **kwargs)
+    _drop_state_dict(model)
+    return model

@@ -17,22 +17,18 @@ FINETUNE_REPLACEABLE = ("head.", "aux_head.", "pos_embed_list.")
 REGISTERED_DEFAULT_CLASSES = 1000  # super_deit_s / super_lvvit_s are registered with ImageNet-1k heads
 
 
-def _config_api():
-    import supervit.models as models
-
-    if not hasattr(models, "model_config"):  # older package layout
-        from supervit.models import config as models
-    return models.model_config, models.create_from_config
-
-
 def model_config_of(model) -> dict:
     """``{"arch", "kwargs"}`` of ``model`` (JSON-able), as checkpoints record it."""
-    return _config_api()[0](model)
+    from supervit.models import model_config
+
+    return model_config(model)
 
 
 def model_from_config(config: dict):
     """The model a recorded ``{"arch", "kwargs"}`` config describes."""
-    return _config_api()[1](config)
+    from supervit.models import create_from_config
+
+    return create_from_config(config)
 
 
 def recorded_model_config(ckpt: dict) -> dict | None:

@@ -169,7 +169,7 @@ def test_reeval_command_works_as_printed_demo(tmp_path, capsys, monkeypatch):
     assert results["model_config"]["arch"] == "super_lvvit_s" and results["num_images"] == 1000
 
 
-def test_eval_subset_of_subnets_needs_no_full_keep(tmp_path, capsys):
+def test_eval_subset_of_subnets_needs_no_full_keep():
     from supervit.models import SuperDeiT
 
     model = SuperDeiT(img_sizes=(16, 32), patch_size=8, embed_dim=16, depth=4, num_heads=2, prune_layers=(1, 2, 3))

@@ -144,7 +144,7 @@ def finetune_state(model, path: str, target: str, allow_partial: bool) -> tuple[
     shape = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and own[k].shape != v.shape}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    trunk = [k for k in missing + list(shape) if not k.startswith(FINETUNE_REPLACEABLE)]
+    trunk = [k for k in list(shape) + missing if not k.startswith(FINETUNE_REPLACEABLE)]  # shapes first
     source = recorded_arch(ckpt) or "a model it does not name"
     if trunk and not allow_partial:
         described = [f"{k} (file {shape[k][0]} vs model {shape[k][1]})" if k in shape else f"{k} (missing)"

@@ -219,7 +219,7 @@ def _run(args, recipe, info):
               f"{len(subnets)} sub-networks ({', '.join(f'{s}:{r:g}' for s, r in subnets)}); {len(train_set)} train "
               f"/ {len(eval_set)} eval images; {info.world_size} process(es) on {info.device}, batch "
               f"{args.batch_size}/process, {updates_per_epoch} steps/epoch, precision {amp.dtype or torch.float32}")
-    log(info, f"schedule: {total_epochs} epochs ({args.epochs} {args.sched} + {total_epochs - args.epochs} cool-down"
+    log(info, f"schedule: {total_epochs} epoch(s) ({args.epochs} {args.sched} + {total_epochs - args.epochs} cool-down"
               f"), warm-up {args.warmup_epochs:g} epoch(s) from {args.warmup_lr:g}, lr {lr:.3g} -> {args.min_lr:g}"
               f"; this run: epochs {start_epoch + 1}..{total_epochs}")
     if args.warmup_epochs >= args.epochs:
@@ -279,6 +279,10 @@ def _run(args, recipe, info):
         log(info, f"done in {time.time() - run_start:.0f}s. Results: {args.output_dir}/results.json, results.csv, "
                   f"accuracy_vs_gmacs.png, log.jsonl; checkpoint {last_ckpt}\nre-evaluate with: "
                   f"{reeval_command(args, recipe, last_ckpt)}")
+    if args.demo and not (args.model_kwargs or args.max_steps_per_epoch) and info.is_main and stop_epoch > start_epoch:
+        # the demo as `make demo` runs it also reports the confidence cascade beside the static table
+        from .demo_cascade import report_cascade
+        report_cascade(eval_model, args.output_dir)
     if args.dump_rank_weights and args.output_dir:
         torch.save(model.state_dict(), os.path.join(args.output_dir, f"weights_rank{info.rank}.pth"))
     return metrics

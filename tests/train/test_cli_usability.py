@@ -189,9 +189,10 @@ def test_finetune_refuses_another_model_family(tmp_path, capsys):
     lvvit = timm.create_model("super_lvvit_s", num_classes=3, **{**tiny, "stem_dim": 8})
     before = {k: v.clone() for k, v in lvvit.state_dict().items()}
     with pytest.raises(cli.UsageError, match=r"written for super_deit_s\) does not fit super_lvvit_s: \d+ trunk "
-                                             r"tensor.*patch_embed.conv1.weight \(missing\).*--finetune-partial"):
+                                             r"tensor.*patch_embed.proj.weight \(file \(32, 3, 16, 16\) vs model "
+                                             r"\(32, 8, 8, 8\)\).*--finetune-partial"):
         finetune_from(lvvit, str(tmp_path / "deit.pth"), DistInfo(), target="super_lvvit_s")
     assert all(torch.equal(before[k], v) for k, v in lvvit.state_dict().items())  # nothing loaded
     finetune_from(lvvit, str(tmp_path / "deit.pth"), DistInfo(), allow_partial=True, target="super_lvvit_s")
-    assert "keep their random initialisation: patch_embed.conv1.weight" in capsys.readouterr().out
+    assert "keep their random initialisation: patch_embed.proj.weight" in capsys.readouterr().out
     assert torch.equal(lvvit.blocks[0].attn.qkv.weight, deit.blocks[0].attn.qkv.weight)  # what fits is loaded

@@ -18,7 +18,9 @@ processes hits all of them alike; median and min..max over the rounds):
     python benchmarks/bench_ext_cpu.py                                  # prune + attention, 2 and 1 threads
     python benchmarks/bench_ext_cpu.py --sections models --threads 2    # the model rows (slow: minutes)
 
-Results: benchmarks/results/<cpu>/ext_cpu.{csv,md} and ext_models.{csv,md}.
+Results: ext_cpu.{csv,md} and ext_models.{csv,md} in a new runs/bench/<cpu>-<time>/ folder, or in --out
+(--out benchmarks/results/<cpu> updates the committed results). Each row records the load average, the spread
+(IQR / median) and a noisy flag.
 """
 from __future__ import annotations
 
@@ -34,7 +36,6 @@ import harness  # noqa: E402
 from supervit import kernels  # noqa: E402
 from supervit.kernels import dispatch, reference  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CPU = torch.device("cpu")
 
 
@@ -187,17 +188,17 @@ def bench_models(rounds, warmup, extra, batch=32):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", default=["prune", "attention"],
-                        choices=["prune", "attention", "models"])
-    parser.add_argument("--threads", nargs="+", type=int, default=[2, 1])
+                        choices=["prune", "attention", "models"], help="what to time (default: prune attention)")
+    parser.add_argument("--threads", nargs="+", type=int, default=[2, 1], help="torch CPU thread counts to run")
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds (models: a fifth, at least 5)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", default=None, help="results folder (default: results/<cpu name>)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls of each candidate first")
+    parser.add_argument("--out", default=None, help="results folder (default: a new runs/bench/<cpu>-<time>)")
     args = parser.parse_args()
 
     ok, why = dispatch.backend_status("ext", CPU)
     if not ok:
         sys.exit(f"the ext backend is not available: {why}")
-    folder = args.out or os.path.join(RESULTS, harness.device_name(CPU))
+    folder = harness.run_folder(CPU, args.out)
     op_rows, model_rows = [], []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -214,7 +215,8 @@ def main():
                 keys = ("ext_speedup_median", "ext_speedup_min", "throughput_vs_224_1_median")
                 print(f"[{threads} thr] {row['case']:<52} {row['impl']:<30} median {row['median_ms']:9.2f} ms  "
                       f"min {row['min_ms']:9.2f} ms  " + "  ".join(f"{k} {row[k]:.2f}" for k in keys if k in row))
-    columns = ["section", "case", "impl", "dtype", "batch", "threads", "median_ms", "min_ms", "max_ms", "rounds"]
+    columns = ["section", "case", "impl", "dtype", "batch", "threads", "median_ms", "min_ms", "max_ms", "rel_spread",
+               "noisy", "rounds"]
     meta = ["loadavg_1min", "machine", "device", "torch", "triton", "command"]
     if op_rows:
         paths = harness.write_rows(op_rows, folder, "ext_cpu",

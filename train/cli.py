@@ -36,13 +36,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default in (None, argparse.SUPPRESS) \
+        if "%(default)" in text or default in (None, "", argparse.SUPPRESS) \
                 or isinstance(action, argparse._StoreFalseAction):
             return text
         if action.nargs == 0:  # switches: say so only when one is on by default
             return f"{text} (default: on)" if default is True else text
         if isinstance(default, (list, tuple)):
-            default = " ".join(str(v) for v in default)
+            default = " ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in default)
         return f"{text} (default: {str(default).replace('%', '%%')})"
 
 

@@ -83,7 +83,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--repeated-aug", action="store_true", default=False, help="repeated augmentation (3 repeats)")
     g = p.add_argument_group("token labelling")
     g.add_argument("--token-label", action="store_true",
-                   help="train with token labels (without it: class labels, MixToken, no dense loss)")
+                   help="train with token labels (without: every token's target is the image's class label; "
+                        "see docs/token_labels.md)")
     g.add_argument("--token-label-data", default="", help="DIR/<class_dir>/<image_stem>.pt label files")
     g.add_argument("--token-label-size", type=int, default=14, help="token grid of the dense targets")
     g.add_argument("--dense-weight", type=float, default=1.0, help="weight of the dense (token) loss")

@@ -104,3 +104,31 @@ def test_kernels_import_without_timm_and_torchvision():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "models:" in result.stdout and "blocked" in result.stdout
+
+
+def test_eager_calls_skip_the_op_layer_only_when_nothing_is_recorded(monkeypatch):
+    """No grad: the implementation runs directly (same values); autograd or a dispatch mode: the registered op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from supervit.kernels import ops
+
+    calls = []
+    registered = ops._attention
+    monkeypatch.setattr(ops, "_attention", lambda *a: calls.append(1) or registered(*a))
+    q = torch.randn(1, 2, 9, 8)
+    with torch.no_grad():
+        direct = kernels.attention(q, q, q, return_cls_score=True)
+    assert calls == []
+    qg = q.clone().requires_grad_()
+    recorded = kernels.attention(qg, qg, qg, return_cls_score=True)
+    assert calls == [1] and recorded[0].grad_fn is not None
+    for a, b in zip(direct, recorded):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Passthrough():
+        kernels.attention(q, q, q)
+    assert calls == [1, 1]

@@ -19,6 +19,7 @@ from supervit.kernels import reference  # noqa: E402
 
 if not INTERPRET:
     try:
+        from supervit.kernels import triton_attention
         from supervit.kernels import triton_backend as tb
     except Exception:  # noqa: BLE001 - reported by the tests below through dispatch
         tb = None
@@ -74,7 +75,7 @@ def test_attention_single_upstream_grad(dtype, tokens, mode):
 
 
 @pytest.mark.parametrize("tokens", SEQ_LENS)
-def test_attention_every_spec_length(tokens):
+def test_attention_every_model_length(tokens):
     _run_attention(4, 6, tokens, 64, torch.bfloat16, "both")
 
 
@@ -103,6 +104,17 @@ def test_attention_backward_is_deterministic():
 def test_attention_reads_qkv_views_and_token_major_grads(dtype, tokens):
     """The models' layout: q, k, v views of the fused qkv projection, grad_out token-major (no copies made)."""
     _run_attention(8, 6, tokens, 64, dtype, "both", qkv_views=True)
+
+
+@pytest.mark.parametrize("blocks", [(32, 256), (16, 64)], ids=["one-key-block", "key-blocks"])
+def test_attention_backward_both_variants_at_197(blocks):
+    """N = 197 in one key block (dQ in the dK/dV loop) and in several (the dQ loop), fixed tiles."""
+    q, k, v, go, gs = _inputs(8, 6, 197, 64, torch.bfloat16, qkv_views=True)
+    out, score, lse = tb.attention_forward(q, k, v, 0.125, True)
+    grads = triton_attention.attention_backward(go, gs, q, k, v, out, lse, 0.125, True, blocks=blocks)
+    assert_attention_within_rule(f"blocks {blocks}", AttentionValues(out, score, lse, *grads),
+                                 attention_same_precision(q, k, v, 0.125, go, gs),
+                                 attention_truth(q, k, v, 0.125, go, gs), torch.bfloat16)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

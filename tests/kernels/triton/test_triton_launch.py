@@ -112,6 +112,13 @@ def test_every_launch_runs_inside_the_device_guard(monkeypatch):
     assert all(d == torch.device("cpu") for d in guard.devices)
 
 
+def test_backend_module_provides_the_contract_interface():
+    from supervit.kernels.contract import OPS, Backend
+
+    assert isinstance(triton_backend, Backend)
+    assert all(callable(getattr(triton_backend, name)) for name in OPS)
+
+
 def test_supports_states_the_covered_cases():
     ok = Case("cuda", torch.bfloat16, 197, 64)
     assert triton_backend.supports("attention_forward", ok) and triton_backend.supports("attention_backward", ok)

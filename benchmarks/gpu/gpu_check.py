@@ -105,10 +105,10 @@ def run_tests(steps: Steps, py: str) -> None:
 def run_bench(steps: Steps, py: str) -> None:
     bench = os.path.join(REPO, "benchmarks")
     steps.run("bench_triton", [py, os.path.join(bench, "bench_triton.py"), "--dtype", "bf16", "--batch", "256",
-                               "--out", os.path.join(steps.out, "triton")], share=0.35)
+                               "--out", os.path.join(steps.out, "triton")], share=0.4)
     steps.run("bench_models", [py, os.path.join(bench, "bench_models.py"), "--device", "cuda", "--dtypes", "bf16",
                                "--batches", "1", "256", "--backends", "auto", "--train-batch", "256",
-                               "--out", os.path.join(steps.out, "models")], share=0.7)
+                               "--out", os.path.join(steps.out, "models")], share=0.75)
     steps.run("bench_cuda_graphs", [py, os.path.join(bench, "gpu", "bench_cuda_graphs.py"),
                                     "--out", os.path.join(steps.out, "cuda_graphs")])
 

@@ -70,3 +70,12 @@ def test_summary_reads_the_targets_from_the_result_files(tmp_path):
     assert "1 of 2 pruned sub-networks below (224, 1); not: (224, 0.7)" in text
     assert gpu_check.target_lines(str(tmp_path / "empty")) == ["- no benchmark results under this folder "
                                                                "(run PART=bench)"]
+
+
+def test_steps_log_each_command_and_the_summary_lists_them(tmp_path):
+    steps = gpu_check.Steps(str(tmp_path), budget_s=60)
+    assert steps.run("ok", [sys.executable, "-c", "print('hello from the step')"]) == 0
+    assert steps.run("fails", [sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
+    assert "hello from the step" in (tmp_path / "ok.log").read_text()
+    summary = open(gpu_check.write_summary(str(tmp_path), "tests", steps)).read()
+    assert "| ok | 0 |" in summary and "| fails | 3 |" in summary and "## Targets" not in summary

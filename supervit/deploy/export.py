@@ -99,6 +99,9 @@ def _atomic_target(path: str):
     os.close(fd)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the permissions of a plainly created file, not mkstemp's 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -24,11 +24,28 @@ def check_subnet(model: nn.Module, img_size, keep_ratio) -> tuple[int, float]:
     return int(img_size), ratio
 
 
+class OnePositionTable(nn.Module):
+    """Stands in for a super-network's ``pos_embed_list``, holding only the table of one size (entry ``index``)."""
+
+    def __init__(self, table: torch.Tensor, index: int, count: int):
+        super().__init__()
+        self.table = nn.Parameter(table.detach().clone(), requires_grad=False)  # (1, 1 + g*g, C)
+        self.index, self.count = index, count
+
+    def __getitem__(self, i: int) -> nn.Parameter:
+        if i != self.index:
+            raise IndexError(f"this sub-network holds position table {self.index} only, not {i}")
+        return self.table
+
+    def __len__(self) -> int:
+        return self.count
+
+
 class Subnet(nn.Module):
     """Sub-network (img_size, keep_ratio) of ``model``: ``forward(x [B, C, S_in, S_in]) -> logits [B, K]``.
 
-    The super-network is deep-copied (the caller's model is left as it is); the copy knows a single image size
-    and holds its one position table. The input may have any side ``S_in``: it is resized to ``img_size`` inside,
+    The super-network is deep-copied (the caller's model is left as it is); the copy holds the position table of
+    ``img_size`` only. The input may have any side ``S_in``: it is resized to ``img_size`` inside,
     as the super-network does.
 
     Args:
@@ -41,10 +58,9 @@ class Subnet(nn.Module):
     def __init__(self, model: nn.Module, img_size: int, keep_ratio: float, with_kept: bool = False):
         super().__init__()
         self.img_size, self.keep_ratio = check_subnet(model, img_size, keep_ratio)
-        table = model.pos_embed_list[model.img_sizes.index(self.img_size)]
+        index = model.img_sizes.index(self.img_size)
         net = copy.deepcopy(model).eval()
-        net.pos_embed_list = nn.ParameterList([nn.Parameter(table.detach().clone(), requires_grad=False)])
-        net.img_sizes = (self.img_size,)
+        net.pos_embed_list = OnePositionTable(model.pos_embed_list[index], index, len(model.pos_embed_list))
         net.set_subnet(self.img_size, self.keep_ratio)
         net.requires_grad_(False)
         self.net = net

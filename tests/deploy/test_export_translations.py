@@ -29,7 +29,9 @@ def _supervit_targets(program):
 
 
 def test_every_supervit_op_has_a_translation():
-    registered = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("supervit::")}
+    # supervit::ext_<op> are the C++ extension's implementations, called inside the public op, never traced
+    registered = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
+                  if n.startswith("supervit::") and not n.startswith("supervit::ext_")}
     covered = {op.name().split("::")[1] for op in translations.aten_translations()}
     assert registered, "no supervit op is registered"
     assert registered <= covered, f"ops without an export translation: {sorted(registered - covered)}"

@@ -1,0 +1,103 @@
+"""Helpers of the export tests (this module holds no test): the demo network, eager expectations, and running
+exports in a process where ``supervit`` cannot be imported."""
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from supervit.deploy.subnet import Subnet  # noqa: E402
+
+TOLERANCE = 1e-4  # max abs logits difference, fp32
+BATCHES = (1, 7)
+
+
+def demo_network(seed: int = 0):
+    """The network ``make demo`` trains (LV-ViT body, 1-channel 28 px digits), with random weights."""
+    from train.digits import DEMO_MODEL
+    from train.recipes import LVViTRecipe
+
+    torch.manual_seed(seed)
+    return LVViTRecipe.model_class(**{**DEMO_MODEL, **LVViTRecipe(None).demo_model_extra()}).eval()
+
+
+def model_by_name(name: str, seed: int = 0):
+    if name == "demo":
+        return demo_network(seed)
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model(name).eval()
+
+
+def example_batches(model, batches=BATCHES, seed: int = 0) -> list:
+    g = torch.Generator().manual_seed(seed)
+    side = model.img_sizes[-1]
+    return [torch.randn(b, model.in_chans, side, side, generator=g) for b in batches]
+
+
+def eager_outputs(model, img_size, keep_ratio, inputs) -> list:
+    """(logits, kept indices...) of the sub-network in PyTorch eager for each input."""
+    subnet = Subnet(model, img_size, keep_ratio, with_kept=True)
+    with torch.no_grad():
+        return [subnet(x) for x in inputs]
+
+
+def assert_matches(got, expected, where: str) -> None:
+    """Logits within TOLERANCE and the kept indices equal."""
+    assert len(got) == len(expected), f"{where}: {len(got)} outputs, expected {len(expected)}"
+    diff = (got[0] - expected[0]).abs().max().item()
+    assert diff <= TOLERANCE, f"{where}: max |logits - eager| = {diff:.3g} > {TOLERANCE}"
+    for i, (g, e) in enumerate(zip(got[1:], expected[1:])):
+        assert g.dtype == torch.int64 and torch.equal(g, e), f"{where}: kept indices of pruning block {i} differ"
+
+
+# Runs in a fresh interpreter: the repository is not on sys.path and every import of supervit fails.
+_WITHOUT_SUPERVIT = r"""
+import importlib.abc, json, os, sys
+class _NoSupervit(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "supervit" or name.startswith("supervit."):
+            raise ImportError("supervit is blocked in this process")
+sys.meta_path.insert(0, _NoSupervit())
+root = sys.argv[2]
+sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) != root]
+import torch
+job = json.loads(sys.argv[1])
+inputs = torch.load(job["inputs"], weights_only=True)
+results = {}
+for path, fmt in job["files"]:
+    run = torch.export.load(path).module() if fmt == "pt2" else torch._inductor.aoti_load_package(path)
+    outputs = []
+    for x in inputs:
+        with torch.no_grad():
+            out = run(x)
+        outputs.append(list(out) if isinstance(out, (list, tuple)) else [out])
+    results[path] = outputs
+try:
+    import supervit
+    importable = True
+except ImportError:
+    importable = False
+torch.save(results, job["outputs"])
+print(json.dumps({"supervit_importable": importable, "supervit_loaded": "supervit" in sys.modules}))
+"""
+
+
+def run_without_supervit(files: list, inputs: list, workdir) -> dict:
+    """{path: [outputs per input]} from loading each (path, "pt2" | "aoti") in a process without supervit."""
+    job = {"files": [list(f) for f in files], "inputs": os.path.join(workdir, "inputs.pt"),
+           "outputs": os.path.join(workdir, "outputs.pt")}
+    torch.save(inputs, job["inputs"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_SUPERVIT, json.dumps(job), ROOT], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert status == {"supervit_importable": False, "supervit_loaded": False}, status
+    return torch.load(job["outputs"], weights_only=True)

@@ -12,12 +12,11 @@ import torch.nn.functional as F
 import triton
 
 from .contract import empty_token_major, token_major
-from .triton_attention_kernels import (_attention_bwd_kernel, _attention_fwd_kernel, _bwd_delta_kernel,
+from .triton_attention_kernels import (_LOG2E, _attention_bwd_kernel, _attention_fwd_kernel, _bwd_delta_kernel,
                                        _cls_score_kernel)
 from .triton_launch import INTERPRET, configs_for_length, on_device, pow2_at_least, unit_last_dim
 
 MAX_HEAD_DIM = 256
-_LOG2E = 1.4426950408889634
 # Tiles of the small kernels, in elements of one fp32 [rows, D] tile: 4096 (16 registers a thread at 8 warps)
 # for the delta kernel's o and dO tiles, 2048 for the CLS-row key tiles, which sit beside other live values.
 _DELTA_TILE = 4096
@@ -133,7 +132,7 @@ def attention_forward(q, k, v, scale: float, return_cls_score: bool, blocks: tup
     out = empty_token_major(batch, heads, tokens, dp, q)  # [B, H, N, Dp] token-major
     lse = torch.empty((batch, heads, tokens), device=q.device, dtype=torch.float32)
     s0 = torch.empty_like(lse) if return_cls_score else lse  # [B, H, N] row-0 logits (log2 domain)
-    args = (q, k, v, out, lse, s0, tokens, _padded_dim(tokens), scale * _LOG2E, heads,
+    args = (q, k, v, out, lse, s0, tokens, _padded_dim(tokens), scale * _LOG2E.value, heads,
             *_strides(q), *_strides(k), *_strides(v), *_strides(out))
     meta = dict(HEAD_DIM=dp, STORE_S0=return_cls_score, DOT_PREC=_dot_precision(q.dtype))
     with on_device(q):
@@ -170,7 +169,7 @@ def attention_backward(grad_out, grad_score, q, k, v, out, lse, scale: float, ha
     grad_out = _pad(grad_out.to(q.dtype), dp)
     lse = lse.contiguous()
     gs = grad_score.contiguous().float() if has_score_grad else lse  # [B, N-1] fp32
-    qk_scale = scale * _LOG2E
+    qk_scale = scale * _LOG2E.value
     delta = torch.empty_like(lse)  # [B, H, N]
     dq, dk, dv = (q.new_empty(q.shape) for _ in range(3))  # contiguous [B, H, N, Dp]
     with on_device(q):

@@ -79,3 +79,10 @@ def test_steps_log_each_command_and_the_summary_lists_them(tmp_path):
     assert "hello from the step" in (tmp_path / "ok.log").read_text()
     summary = open(gpu_check.write_summary(str(tmp_path), "tests", steps)).read()
     assert "| ok | 0 |" in summary and "| fails | 3 |" in summary and "## Targets" not in summary
+
+
+def test_gpu_test_files_are_the_files_with_gpu_marks():
+    files = gpu_check.gpu_test_files()
+    assert "tests/kernels/triton/test_triton_gpu.py" in files
+    assert "tests/kernels/triton/test_triton_gpu_cuda_graph.py" in files
+    assert "tests/kernels/triton/test_triton_prune.py" not in files

@@ -17,8 +17,8 @@ from .triton_attention_kernels import (_LOG2E, _attention_bwd_kernel, _attention
 from .triton_launch import INTERPRET, configs_for_length, on_device, pow2_at_least, unit_last_dim
 
 MAX_HEAD_DIM = 256
-# Tiles of the small kernels, in elements of one fp32 [rows, D] tile: 4096 (16 registers a thread at 8 warps)
-# for the delta kernel's o and dO tiles, 2048 for the CLS-row key tiles, which sit beside other live values.
+# Tiles of the delta kernel (default 4 warps), in elements of one fp32 [rows, D] tile: 4096 for its o and dO
+# tiles (32 registers a thread each), 2048 for the CLS-row key tiles, which sit beside them.
 _DELTA_TILE = 4096
 _CLS_KEY_TILE = 2048
 _INTERPRET_TILE = 128  # one or two big tiles per head under the interpreter (each program costs ~1 ms there)

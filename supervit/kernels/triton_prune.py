@@ -27,10 +27,10 @@ from .triton_launch import INTERPRET, on_device, pow2_at_least
 MAX_PATCH_TOKENS = 8192  # one sample's scores are sorted inside one program (8192 int64 keys in registers)
 FUSED_MAX_K = 1024  # above: top-k and gather as two launches (the [ROWS, K] one-hot rank pick would not fit)
 _PAD_KEY = tl.constexpr(-(2 ** 63))
-# GPU tiles. A program copies ROWS x BLOCK_C elements per step: 32 x 128 = 4096 (16 bf16 values a thread at
-# 4 warps, 16-byte vector loads along C). 32 rows keep several programs per sample at N = 197 (7 at k = 138)
-# so that a batch of 1 still spreads over the SMs; each program re-sorts its sample's keys, which is cheap
-# against the copy at these lengths.
+# GPU tiles. A program copies ROWS x BLOCK_C elements per step: 32 x 128 = 4096 (32 a thread at the default
+# 4 warps, 16-byte vector loads along C). 32 rows keep several programs per sample at N = 197 (5 for the 139 kept
+# rows at keep 0.7, 7 for the 197 rows of the backward) so that a batch of 1 still spreads over the SMs; each
+# program re-sorts its sample's keys, which is cheap against the copy at these lengths.
 _ROWS = 32
 _BLOCK_C = 128
 _K_STEP = 256  # kept indices matched per step of the gather backward: a [ROWS, K_STEP] int32 compare tile

@@ -60,8 +60,9 @@ def write_results(output_dir: str, rows: list[dict], meta: dict) -> dict:
     return paths
 
 
-def plot_accuracy(rows: list[dict], path: str, title: str):
-    """Top-1 vs GMACs, one line per token grid through its keep rates (labelled)."""
+def plot_accuracy(rows: list[dict], path: str, title: str, cascade: list[dict] | None = None):
+    """Top-1 vs GMACs, one line per token grid through its keep rates (labelled); ``cascade``: optional points
+    {"gmacs", "acc1"} of fitted confidence cascades (test half), drawn as a dashed curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,6 +78,10 @@ def plot_accuracy(rows: list[dict], path: str, title: str):
         for r in group:
             ax.annotate(f"{r['keep_ratio']:g}", (r["gmacs"], r["acc1"]), textcoords="offset points", xytext=(4, -10),
                         fontsize=7)
+    if cascade:
+        curve = sorted(cascade, key=lambda c: c["gmacs"])
+        ax.plot([c["gmacs"] for c in curve], [c["acc1"] for c in curve], "k--", marker="x",
+                label="confidence cascade (test half)")
     ax.set_xlabel("GMACs per image")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)

@@ -68,3 +68,10 @@ def plot_operating_points(points: list[dict], path: str, title: str, chosen: dic
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def plot_cascade(study: dict, path: str, title: str) -> str:
+    """Write ``path`` (PNG): test-half top-1 vs GMACs of the static sub-networks with the cascade curve over them."""
+    points = [{"img_size": p["img_size"], "keep_ratio": p["keep_ratio"], "acc1": p["test_acc1"],
+               "gmacs": p["gmacs"], "latency_ms": None} for p in study["static"]]
+    return plot_operating_points(points, path, title, cascade=study["curve"])

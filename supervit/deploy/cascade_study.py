@@ -1,0 +1,111 @@
+"""Fit a confidence cascade on one half of a labelled set and report it on the other, beside the static table.
+
+Used by ``python -m supervit.deploy cascade`` and by the demo. The reference static sub-network is the most
+accurate one on the calibration half (ties: the cheaper); the default budget is a fraction of its GMACs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import cascade as casc
+from . import timing
+from .errors import DeployError
+
+
+def _acc(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(-1) == labels).double().mean().item()
+
+
+def study(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, gmacs: dict, budget_ratio: float = 0.8,
+          budget: float | None = None, costs: dict | None = None, cost_name: str = "gmacs", seed: int = 0,
+          max_stages: int = 2, confidences=casc.CONFIDENCES, stage_pool: str = "pareto", batch_size: int = 256,
+          curve_ratios=(0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), progress: bool = False) -> dict:
+    """Static sub-networks and the fitted cascade on two fixed stratified halves of (images, labels).
+
+    Args:
+        gmacs: {(s, r): GMACs per image}.
+        budget_ratio: the mean-cost budget as a fraction of the reference static sub-network's cost.
+        budget: an absolute mean-cost budget instead (in ``cost_name`` units).
+        costs: per-image cost to fit against ({(s, r): ms per image} for a latency budget); GMACs by default.
+        curve_ratios: budget fractions whose fitted cascades form the curve drawn over the static points.
+    Returns a dict: ``static`` rows (cal/test top-1, GMACs), ``reference``, ``budget``, ``cascade`` (the fit),
+    ``test`` (the cascade really run on the test half), ``curve`` (test top-1 / mean GMACs per budget fraction).
+    """
+    costs = costs or gmacs
+    if labels.shape[0] < 4:
+        raise DeployError(f"the labelled set has {labels.shape[0]} images; a cascade study needs at least 4")
+    cal, test = casc.stratified_halves(labels, seed)
+    subnets = model.subnets()
+    out_cal = casc.stage_outputs(model, images[cal], subnets, batch_size, progress)
+    out_test = casc.stage_outputs(model, images[test], subnets, batch_size, progress)
+    y_cal, y_test = labels[cal], labels[test]
+    static = [{"img_size": s, "keep_ratio": r, "gmacs": gmacs[(s, r)], "cost": costs[(s, r)],
+               "cal_acc1": _acc(out_cal[(s, r)], y_cal), "test_acc1": _acc(out_test[(s, r)], y_test)}
+              for s, r in subnets]
+    reference = max(static, key=lambda p: (p["cal_acc1"], -p["cost"]))
+    limit = budget if budget is not None else budget_ratio * reference["cost"]
+    cheapest = min(static, key=lambda p: p["cost"])
+    if limit < cheapest["cost"]:
+        raise DeployError(f"the budget {limit:.4g} {cost_name} per image (budget ratio {budget_ratio:g} of the "
+                          f"reference ({reference['img_size']}, {reference['keep_ratio']:g})) is below the cheapest "
+                          f"sub-network ({cheapest['img_size']}, {cheapest['keep_ratio']:g}) at "
+                          f"{cheapest['cost']:.4g}; raise --budget-ratio or --budget-gmacs")
+    fitted = casc.fit_cascade(out_cal, y_cal, costs, limit, max_stages, confidences, cost_name=cost_name,
+                              stage_pool=stage_pool)
+    result = casc.evaluate_cascade(fitted, model, images[test], y_test, gmacs, batch_size)
+    curve = []
+    for ratio in curve_ratios:
+        try:
+            fit = casc.fit_cascade(out_cal, y_cal, costs, ratio * reference["cost"], max_stages, confidences,
+                                   cost_name=cost_name, stage_pool=stage_pool)
+        except DeployError:
+            continue
+        sim = casc.simulate(out_test, y_test, fit.stages, [fit.thresholds], fit.confidence, gmacs)
+        curve.append({"budget_ratio": ratio, "acc1": float(sim["acc1"][0]), "gmacs": float(sim["cost"][0]),
+                      "stages": [list(s) for s in fit.stages], "thresholds": fit.thresholds})
+    best_test = max(static, key=lambda p: (p["test_acc1"], -p["gmacs"]))
+    return {"static": static, "reference": reference, "best_on_test": best_test, "budget": {cost_name: limit},
+            "cascade": fitted.to_dict(), "test": result, "curve": curve,
+            "halves": {"calibration": int(cal.numel()), "test": int(test.numel()), "seed": seed}}
+
+
+def time_against_static(model: nn.Module, cascade: casc.Cascade, static: tuple, images: torch.Tensor,
+                        rounds: int = 7, warmup: int = 1) -> dict:
+    """Wall time (ms) of the cascade and of the static sub-network on the same batch, interleaved rounds."""
+    with torch.inference_mode():
+        candidates = {"cascade": lambda: cascade(model, images),
+                      "static": lambda: model(images, img_size=static[0], keep_ratio=static[1])}
+        stats, cond = timing.measure(candidates, images.device, dtype=images.dtype, batch=images.shape[0],
+                                     mode="eager", rounds=rounds, warmup=warmup)
+    return {"cascade": stats["cascade"], "static": stats["static"], "conditions": cond,
+            "ratio": stats["cascade"]["median_ms"] / stats["static"]["median_ms"]}
+
+
+def format_study(res: dict) -> str:
+    """The static table (calibration / test top-1) and the cascade's line beside it, as text."""
+    ref, best = res["reference"], res["best_on_test"]
+    halves = res["halves"]
+    lines = [f"static sub-networks (calibration half {halves['calibration']} / test half {halves['test']} images, "
+             f"split seed {halves['seed']}):",
+             "| img_size | keep | GMACs | top-1 cal % | top-1 test % |", "|---|---|---|---|---|"]
+    for p in res["static"]:
+        mark = " (reference)" if p is ref else ""
+        lines.append(f"| {p['img_size']} | {p['keep_ratio']:g} | {p['gmacs']:.4g} | {p['cal_acc1']:.2f}{mark} | "
+                     f"{p['test_acc1']:.2f} |")
+    c, t = res["cascade"], res["test"]
+    (cost_name, limit), = res["budget"].items()
+    stages = " -> ".join(f"({s}, {r:g})" for s, r in c["stages"])
+    thr = ", ".join(f"{x:.3f}" for x in c["thresholds"]) or "-"
+    lines.append(f"cascade fitted to mean {cost_name} <= {limit:.4g}: {stages}, {c['confidence']} thresholds "
+                 f"[{thr}] (calibration top-1 {c['fit']['calibration']['acc1']:.2f}%)")
+    lines.append(f"cascade on the test half: top-1 {t['acc1']:.2f}% at {t['mean_gmacs']:.4g} mean GMACs; exits "
+                 + ", ".join(f"{f:.0%}" for f in t["exit_fractions"]))
+    for label, p in (("reference (best on calibration)", ref), ("best static on the test half", best)):
+        lines.append(f"  vs {label} ({p['img_size']}, {p['keep_ratio']:g}): {t['acc1'] - p['test_acc1']:+.2f} "
+                     f"points top-1 at {t['mean_gmacs'] / p['gmacs']:.2f}x its GMACs")
+    by = c["fit"].get("by_confidence", {})
+    if by:
+        lines.append("  confidence measures on calibration at this budget: " + ", ".join(
+            f"{k} {v['acc1']:.2f}%" for k, v in by.items()))
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""``python -m supervit.deploy cascade``: fit a confidence cascade on one half of a labelled set, report the other."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+
+import torch
+
+from . import cascade as casc
+from . import cli_common
+from .cascade_study import format_study, study, time_against_static
+from .errors import DeployError
+from .model_source import load_source
+
+
+def add_arguments(parser) -> None:
+    cli_common.add_source_arguments(parser)
+    data = parser.add_argument_group("labelled images (split into two fixed stratified halves)")
+    data.add_argument("--tensors", default=None, help="a torch.save'd dict {'images': [N,C,H,W] float (normalised), "
+                      "'labels': [N] int} (read weights_only)")
+    data.add_argument("--data", default=None, help="an image folder DIR/<class>/<image> (e.g. IMAGENET/val)")
+    data.add_argument("--limit", type=int, default=5000, help="at most this many images of --data (stratified)")
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the stratified calibration/test split")
+    fit = parser.add_argument_group("fitting")
+    fit.add_argument("--budget-ratio", type=float, default=0.8, help="mean GMACs budget as a fraction of the most "
+                     "accurate static sub-network's on the calibration half")
+    fit.add_argument("--budget-gmacs", type=float, default=None, help="absolute mean GMACs budget per image")
+    fit.add_argument("--max-stages", type=int, default=2, choices=(1, 2, 3))
+    fit.add_argument("--confidence", default="auto", choices=("auto",) + casc.CONFIDENCES,
+                     help="auto: try both, keep the better on the calibration half")
+    fit.add_argument("--stage-pool", default="pareto", choices=("pareto", "all"),
+                     help="stages from the calibration Pareto front, or from every sub-network")
+    parser.add_argument("--batch", type=int, default=256, help="inference batch")
+    parser.add_argument("--time", action="store_true", help="also time the cascade against the reference "
+                        "sub-network on one test batch (interleaved rounds)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--save", default=None, metavar="JSON", help="write the study (cascade, tables) here")
+    parser.add_argument("--plot", default=None, metavar="PNG", help="cascade curve over the static points")
+
+
+def _tensors(path: str):
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise DeployError(f"--tensors {path!r} cannot be read: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not {"images", "labels"} <= set(data):
+        raise DeployError(f"--tensors {path!r} must hold a dict with 'images' [N,C,H,W] and 'labels' [N]")
+    images, labels = data["images"], data["labels"]
+    if images.dim() != 4 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
+        raise DeployError(f"--tensors {path!r}: images {tuple(images.shape)} and labels {tuple(labels.shape)} "
+                          "must be [N, C, H, W] and [N]")
+    return images.float(), labels.long()
+
+
+def _image_folder(path: str, model, limit: int):
+    import timm.data
+    from torchvision.datasets import ImageFolder
+
+    if not os.path.isdir(path):
+        raise DeployError(f"--data {path!r} is not a folder of class folders")
+    config = timm.data.resolve_data_config({}, model=model)
+    config["input_size"] = (model.in_chans, model.img_sizes[-1], model.img_sizes[-1])
+    dataset = ImageFolder(path, transform=timm.data.create_transform(**config))
+    labels = torch.tensor(dataset.targets)
+    keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, keep.tolist()), batch_size=64)
+    images = torch.cat([x for x, _ in loader])
+    return images, labels[keep]
+
+
+def _write_json(obj, path: str):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(obj, handle, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def main(args) -> int:
+    if (args.tensors is None) == (args.data is None):
+        raise DeployError("give exactly one of --tensors FILE or --data DIR (the labelled images)")
+    if args.batch < 1:
+        raise DeployError(f"--batch must be >= 1, got {args.batch}")
+    source = load_source(args.checkpoint, args.model, args.results)
+    model = source.model.to(args.device)
+    images, labels = _tensors(args.tensors) if args.tensors else _image_folder(args.data, model, args.limit)
+    gmacs = cli_common.model_gmacs(model)
+    kinds = casc.CONFIDENCES if args.confidence == "auto" else (args.confidence,)
+    res = study(model, images, labels, gmacs, budget_ratio=args.budget_ratio, budget=args.budget_gmacs,
+                seed=args.split_seed, max_stages=args.max_stages, confidences=kinds, stage_pool=args.stage_pool,
+                batch_size=args.batch, progress=True)
+    print(format_study(res))
+    if args.time:
+        _, test = casc.stratified_halves(labels, args.split_seed)
+        batch = images[test[:args.batch]].to(args.device)
+        ref = res["reference"]
+        fitted = casc.Cascade(res["cascade"]["stages"], res["cascade"]["thresholds"], res["cascade"]["confidence"])
+        res["timing"] = time_against_static(model, fitted, (ref["img_size"], ref["keep_ratio"]), batch)
+        t = res["timing"]
+        print(f"wall time at batch {batch.shape[0]}: cascade {t['cascade']['median_ms']:.1f} ms vs reference "
+              f"{t['static']['median_ms']:.1f} ms = {t['ratio']:.2f}x (load {t['conditions']['load_before']} -> "
+              f"{t['conditions']['load_after']}{', noisy' if t['cascade']['noisy'] or t['static']['noisy'] else ''})")
+    if args.save:
+        _write_json(res, args.save)
+        print(f"wrote {args.save}")
+    if args.plot:
+        from .plotting import plot_cascade
+
+        plot_cascade(res, args.plot, f"{source.name}: cascade on the test half")
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,135 @@
+"""The confidence cascade: real gathering, batch 1, agreement with the simulation, fitting, splits, the command."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from supervit.deploy import cascade as casc
+from supervit.deploy.__main__ import main as deploy_main
+from supervit.deploy.errors import DeployError
+from supervit.models import flops
+
+from conftest import tiny_model
+
+
+class CountingModel(torch.nn.Module):
+    """Records the batch size each sub-network call receives."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, x, img_size, keep_ratio):
+        self.calls.append(((img_size, keep_ratio), x.shape[0]))
+        return self.model(x, img_size=img_size, keep_ratio=keep_ratio)
+
+
+def test_confidence_measures():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]]))
+    assert torch.allclose(casc.confidence(logits, "max_softmax"), torch.tensor([0.7, 0.4]))
+    assert torch.allclose(casc.confidence(logits, "margin"), torch.tensor([0.5, 0.05]))
+    with pytest.raises(DeployError, match="confidence must be one of"):
+        casc.confidence(logits, "entropy")
+
+
+def test_uncertain_samples_are_gathered_and_the_result_matches_the_simulation():
+    torch.manual_seed(0)
+    model = tiny_model()
+    counting = CountingModel(model)
+    images = torch.randn(32, 1, 16, 16)
+    labels = torch.randint(0, 4, (32,))
+    stages = [(8, 0.5), (12, 0.5), (16, 1.0)]
+    outputs = casc.stage_outputs(model, images, stages)
+    conf0 = casc.confidence(outputs[stages[0]], "max_softmax")
+    conf1 = casc.confidence(outputs[stages[1]], "max_softmax")
+    thresholds = [conf0.median().item(), conf1.quantile(0.3).item()]
+    cascade = casc.Cascade(stages, thresholds, "max_softmax")
+    logits, exits = cascade(counting, images)
+    n0 = int((conf0 < thresholds[0]).sum())
+    n1 = int(((conf0 < thresholds[0]) & (conf1 < thresholds[1])).sum())
+    assert [c[1] for c in counting.calls] == [32, n0, n1] and 0 < n1 < n0 < 32  # smaller batches, not masks
+    for i, stage in enumerate(stages):
+        chosen = exits == i
+        torch.testing.assert_close(logits[chosen], outputs[stage][chosen], atol=1e-5, rtol=1e-5)
+    gmacs = {s: flops(model, *s) for s in stages}
+    sim = casc.simulate(outputs, labels, stages, [thresholds], "max_softmax", gmacs)
+    real = casc.evaluate_cascade(cascade, model, images, labels, gmacs, batch_size=32)
+    assert real["acc1"] == pytest.approx(sim["acc1"][0])
+    assert real["mean_gmacs"] == pytest.approx(sim["cost"][0])
+    assert real["exit_fractions"] == pytest.approx(list(sim["exit_fractions"][0]))
+
+
+def test_batch_one_runs_only_the_stages_it_needs():
+    model = tiny_model()
+    counting = CountingModel(model)
+    x = torch.randn(1, 1, 16, 16)
+    logits, exits = casc.Cascade([(8, 0.5), (16, 1.0)], [0.0], "margin")(counting, x)  # every sample exits
+    assert logits.shape == (1, 4) and exits.tolist() == [0] and len(counting.calls) == 1
+    counting.calls.clear()
+    logits, exits = casc.Cascade([(8, 0.5), (16, 1.0)], [2.0], "margin")(counting, x)  # none exits early
+    assert exits.tolist() == [1] and [c[1] for c in counting.calls] == [1, 1]
+    with torch.inference_mode():
+        torch.testing.assert_close(logits, model(x, img_size=16, keep_ratio=1.0))
+
+
+CHEAP, COSTLY = (8, 0.5), (16, 1.0)
+
+
+def _synthetic_outputs(n=400, seed=0):
+    """Cheap stage 'a' is right on its confident 70 % and at chance elsewhere; expensive stage 'b' always right."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 5, (n,), generator=gen)
+    easy = torch.rand(n, generator=gen) < 0.7
+    a = torch.randn(n, 5, generator=gen) * 0.1
+    guess = torch.where(easy, labels, torch.randint(0, 5, (n,), generator=gen))
+    a[torch.arange(n), guess] += torch.where(easy, 5.0, 0.3)
+    b = torch.randn(n, 5, generator=gen) * 0.1
+    b[torch.arange(n), labels] += 3.0
+    return {CHEAP: a, COSTLY: b}, labels, {CHEAP: 1.0, COSTLY: 4.0}
+
+
+def test_fit_finds_the_cascade_within_budget():
+    outputs, labels, costs = _synthetic_outputs()
+    fitted = casc.fit_cascade(outputs, labels, costs, budget=2.5)
+    assert fitted.stages == [CHEAP, COSTLY]
+    calib = fitted.fit["calibration"]
+    assert calib["mean_gmacs"] <= 2.5 and calib["acc1"] == pytest.approx(100.0)  # hard ones all escalated
+    assert calib["exit_fractions"][0] == pytest.approx(0.7, abs=0.06)
+    assert set(fitted.fit["by_confidence"]) == {"max_softmax", "margin"}
+    static = casc.fit_cascade(outputs, labels, costs, budget=2.5, max_stages=1)
+    assert static.fit["calibration"]["acc1"] < 80  # 'b' alone does not fit, 'a' alone is worse
+    with pytest.raises(DeployError, match="cheapest sub-network"):
+        casc.fit_cascade(outputs, labels, costs, budget=0.5)
+
+
+def test_stratified_halves_are_disjoint_balanced_and_fixed():
+    labels = torch.arange(10).repeat_interleave(20)
+    first, second = casc.stratified_halves(labels, seed=0)
+    assert len(set(first.tolist()) | set(second.tolist())) == 200 and not set(first.tolist()) & set(second.tolist())
+    assert torch.bincount(labels[first]).tolist() == [10] * 10
+    again, _ = casc.stratified_halves(labels, seed=0)
+    assert torch.equal(first, again)
+
+
+def test_cascade_cli_on_tensors(tmp_path, capsys, tiny_checkpoint):
+    torch.manual_seed(0)
+    data = tmp_path / "data.pt"
+    torch.save({"images": torch.randn(40, 1, 16, 16), "labels": torch.arange(4).repeat(10)}, data)
+    out_json, png = tmp_path / "study.json", tmp_path / "cascade.png"
+    code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(data), "--batch", "16",
+                        "--budget-ratio", "1.0", "--time", "--save", str(out_json), "--plot", str(png)])
+    out = capsys.readouterr().out
+    assert code == 0 and "cascade on the test half" in out and "wall time at batch 16" in out
+    study = json.loads(out_json.read_text())
+    assert study["halves"] == {"calibration": 20, "test": 20, "seed": 0}
+    assert study["test"]["mean_gmacs"] <= study["budget"]["gmacs"] * 1.5  # fitted on the other half
+    assert png.stat().st_size > 5000
+    code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(data), "--budget-gmacs", "1e-9"])
+    assert code == 2 and "below the cheapest sub-network (8, 0.5)" in capsys.readouterr().err
+    code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint])
+    assert code == 2 and "--tensors FILE or --data DIR" in capsys.readouterr().err
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(tmp_path / "bad.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.pt" in err and len(err.strip().splitlines()) == 1

@@ -115,8 +115,7 @@ Tensor cls_score_cpu(const Tensor& q, const Tensor& k, double scale) {
     const scalar_t* kp = k.const_data_ptr<scalar_t>();
     const int64_t qb = q.stride(0), qh = q.stride(1), kb = k.stride(0), kh = k.stride(1), kn = k.stride(2);
     acc_t* sp = score.data_ptr<acc_t>();
-    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, heads * tokens * dim));
-    at::parallel_for(0, batch, grain, [&](int64_t b0, int64_t b1) {
+    parallel_over(batch, heads * tokens * dim, [&](int64_t b0, int64_t b1) {
       std::vector<acc_t> q0(dim), acc(tokens), prob(tokens);
       for (int64_t b = b0; b < b1; ++b) {
         std::fill(acc.begin(), acc.end(), acc_t(0));
@@ -149,8 +148,7 @@ void add_score_grad_cpu(const Tensor& grad_score, const Tensor& q, const Tensor&
     scalar_t* dqp = dq.data_ptr<scalar_t>();
     scalar_t* dkp = dk.data_ptr<scalar_t>();
     const acc_t sc = static_cast<acc_t>(scale);
-    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, 2 * tokens * dim));
-    at::parallel_for(0, batch * heads, grain, [&](int64_t i0, int64_t i1) {
+    parallel_over(batch * heads, 2 * tokens * dim, [&](int64_t i0, int64_t i1) {
       std::vector<acc_t> q0(dim), q0s(dim), p(tokens), dq0(dim);
       for (int64_t bh = i0; bh < i1; ++bh) {
         const int64_t b = bh / heads, h = bh % heads;
@@ -208,8 +206,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_cpu(
   dk = dk.contiguous();
   dv = dv.contiguous();
   if (has_score_grad) {
-    TORCH_CHECK(grad_score.dim() == 2 && grad_score.size(0) == q.size(0) && grad_score.size(1) == q.size(2) - 1,
-                "grad_score must be [B, N-1] = [", q.size(0), ", ", q.size(2) - 1, "], got ", grad_score.sizes());
+    check_grad_score(grad_score, q);
     add_score_grad_cpu(grad_score, q, k, scale, dq, dk);
   }
   return {dq, dk, dv};

@@ -41,10 +41,7 @@ Tensor gather_tokens_cuda(const Tensor& x_, const Tensor& idx_) {
 }
 
 Tensor gather_tokens_backward_cuda(const Tensor& grad_, const Tensor& idx_, int64_t num_tokens) {
-  check_tokens(grad_, "grad_kept");
-  TORCH_CHECK(num_tokens >= grad_.size(1), "num_tokens (", num_tokens, ") must be >= k + 1 = ", grad_.size(1));
-  check_index(idx_, grad_, num_tokens - 1);
-  TORCH_CHECK(idx_.size(1) + 1 == grad_.size(1), "grad_kept must be [B, k+1, C] with k = ", idx_.size(1));
+  check_gather_backward(grad_, idx_, num_tokens);
   c10::cuda::CUDAGuard guard(grad_.device());
   const Tensor grad = grad_.contiguous(), idx = idx_.to(at::kLong).contiguous();
   Tensor out = at::zeros({grad.size(0), num_tokens, grad.size(2)}, grad.options());
@@ -53,10 +50,7 @@ Tensor gather_tokens_backward_cuda(const Tensor& grad_, const Tensor& idx_, int6
 }
 
 std::tuple<Tensor, Tensor> prune_tokens_cuda(const Tensor& x_, const Tensor& score_, int64_t k) {
-  check_tokens(x_, "x");
-  check_score(score_, k);
-  TORCH_CHECK(score_.size(0) == x_.size(0) && score_.size(1) == x_.size(1) - 1, "score must be [B, N-1] = [",
-              x_.size(0), ", ", x_.size(1) - 1, "], got ", score_.sizes());
+  check_prune(x_, score_, k);
   c10::cuda::CUDAGuard guard(x_.device());
   check_sortable(score_);
   const Tensor x = x_.contiguous(), score = score_.contiguous();
@@ -123,8 +117,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_cuda(
   Tensor dk = std::get<1>(grads).transpose(1, 2).contiguous();
   Tensor dv = std::get<2>(grads).transpose(1, 2).contiguous();
   if (has_score_grad) {
-    TORCH_CHECK(grad_score.dim() == 2 && grad_score.size(0) == q.size(0) && grad_score.size(1) == tokens - 1,
-                "grad_score must be [B, N-1] = [", q.size(0), ", ", tokens - 1, "], got ", grad_score.sizes());
+    check_grad_score(grad_score, q);
     add_score_grad(grad_score, q, k, lse, scale, dq, dk);
   }
   return {dq, dk, dv};

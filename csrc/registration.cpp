@@ -35,6 +35,27 @@ void check_score(const Tensor& score, int64_t k) {
   TORCH_CHECK(k >= 1 && k <= score.size(1), "k must be in [1, ", score.size(1), "], got ", k);
 }
 
+void check_prune(const Tensor& x, const Tensor& score, int64_t k) {
+  check_tokens(x, "x");
+  check_score(score, k);
+  TORCH_CHECK(score.size(0) == x.size(0) && score.size(1) == x.size(1) - 1, "score must be [B, N-1] = [", x.size(0),
+              ", ", x.size(1) - 1, "], got ", score.sizes());
+}
+
+void check_gather_backward(const Tensor& grad_kept, const Tensor& idx, int64_t num_tokens) {
+  check_tokens(grad_kept, "grad_kept");
+  TORCH_CHECK(num_tokens >= grad_kept.size(1), "num_tokens (", num_tokens, ") must be >= k + 1 = ",
+              grad_kept.size(1));
+  check_index(idx, grad_kept, num_tokens - 1);
+  TORCH_CHECK(idx.size(1) + 1 == grad_kept.size(1), "grad_kept must be [B, k+1, C] with k = ", idx.size(1),
+              ", got ", grad_kept.sizes());
+}
+
+void check_grad_score(const Tensor& grad_score, const Tensor& q) {
+  TORCH_CHECK(grad_score.dim() == 2 && grad_score.size(0) == q.size(0) && grad_score.size(1) == q.size(2) - 1,
+              "grad_score must be [B, N-1] = [", q.size(0), ", ", q.size(2) - 1, "], got ", grad_score.sizes());
+}
+
 void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
   TORCH_CHECK(q.dim() == 4, "q must be [B, H, N, D], got ", q.dim(), " dims");
   TORCH_CHECK(q.sizes() == k.sizes() && q.sizes() == v.sizes(), "q, k, v must have one shape, got ", q.sizes(),

@@ -1,6 +1,6 @@
 // CPU token ops: top-k keep, gather of [CLS] + kept tokens, its backward (indexed store), and the fused prune.
-// Every op is parallel over the batch (or rows) with at::parallel_for; row copies are memcpy, so the gathers
-// are dtype-agnostic and bit-exact.
+// Every op is parallel over the batch when the work is large enough (parallel_over, ext.h); row copies are memcpy,
+// so the gathers are dtype-agnostic and bit-exact.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -56,11 +56,6 @@ void topk_row(const scalar_t* row, int64_t num, int64_t k, int64_t* out, std::ve
   for (int64_t i = 0; i < k; ++i) out[i] = buf[i].index;
 }
 
-// Batch rows handled per parallel chunk so that a chunk holds ~GRAIN_SIZE elements of work.
-inline int64_t batch_grain(int64_t work_per_sample) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_sample));
-}
-
 template <typename index_t>
 inline int64_t patch_index(const index_t* idx, int64_t i, int64_t num_patch) {
   const int64_t j = static_cast<int64_t>(idx[i]);
@@ -91,7 +86,7 @@ Tensor keep_topk_cpu(const Tensor& score_, int64_t k) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, score.scalar_type(), "ext_keep_topk_cpu", [&] {
     const scalar_t* sp = score.const_data_ptr<scalar_t>();
     int64_t* ip = idx.data_ptr<int64_t>();
-    at::parallel_for(0, batch, batch_grain(num * 16), [&](int64_t b0, int64_t b1) {
+    parallel_over(batch, num * 16, [&](int64_t b0, int64_t b1) {
       std::vector<Entry> buf;
       for (int64_t b = b0; b < b1; ++b) topk_row(sp + b * num, num, k, ip + b * k, buf);
     });
@@ -110,7 +105,7 @@ Tensor gather_tokens_cpu(const Tensor& x_, const Tensor& idx_) {
   char* op = static_cast<char*>(out.data_ptr());
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "ext_gather_tokens_cpu", [&] {
     const index_t* ip = idx.const_data_ptr<index_t>();
-    at::parallel_for(0, batch, batch_grain((k + 1) * x.size(2)), [&](int64_t b0, int64_t b1) {
+    parallel_over(batch, (k + 1) * x.size(2), [&](int64_t b0, int64_t b1) {
       gather_rows(xp, ip, op, b0, b1, tokens, k, row_bytes);
     });
   });
@@ -118,12 +113,7 @@ Tensor gather_tokens_cpu(const Tensor& x_, const Tensor& idx_) {
 }
 
 Tensor gather_tokens_backward_cpu(const Tensor& grad_kept_, const Tensor& idx_, int64_t num_tokens) {
-  check_tokens(grad_kept_, "grad_kept");
-  TORCH_CHECK(num_tokens >= grad_kept_.size(1), "num_tokens (", num_tokens, ") must be >= k + 1 = ",
-              grad_kept_.size(1));
-  check_index(idx_, grad_kept_, num_tokens - 1);
-  TORCH_CHECK(idx_.size(1) + 1 == grad_kept_.size(1), "grad_kept must be [B, k+1, C] with k = ", idx_.size(1),
-              ", got ", grad_kept_.sizes());
+  check_gather_backward(grad_kept_, idx_, num_tokens);
   const Tensor grad = grad_kept_.contiguous(), idx = idx_.contiguous();
   const int64_t batch = grad.size(0), k = idx.size(1);
   const int64_t row_bytes = grad.size(2) * grad.element_size();
@@ -132,7 +122,7 @@ Tensor gather_tokens_backward_cpu(const Tensor& grad_kept_, const Tensor& idx_, 
   char* op = static_cast<char*>(out.data_ptr());
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "ext_gather_tokens_backward_cpu", [&] {
     const index_t* ip = idx.const_data_ptr<index_t>();
-    at::parallel_for(0, batch, batch_grain(num_tokens * grad.size(2)), [&](int64_t b0, int64_t b1) {
+    parallel_over(batch, num_tokens * grad.size(2), [&](int64_t b0, int64_t b1) {
       std::vector<char> kept(num_tokens);
       for (int64_t b = b0; b < b1; ++b) {
         char* ob = op + b * num_tokens * row_bytes;
@@ -154,10 +144,7 @@ Tensor gather_tokens_backward_cpu(const Tensor& grad_kept_, const Tensor& idx_, 
 }
 
 std::tuple<Tensor, Tensor> prune_tokens_cpu(const Tensor& x_, const Tensor& score_, int64_t k) {
-  check_tokens(x_, "x");
-  check_score(score_, k);
-  TORCH_CHECK(score_.size(0) == x_.size(0) && score_.size(1) == x_.size(1) - 1, "score must be [B, N-1] = [",
-              x_.size(0), ", ", x_.size(1) - 1, "], got ", score_.sizes());
+  check_prune(x_, score_, k);
   const Tensor x = x_.contiguous(), score = score_.contiguous();
   const int64_t batch = x.size(0), tokens = x.size(1);
   const int64_t row_bytes = x.size(2) * x.element_size();
@@ -168,7 +155,7 @@ std::tuple<Tensor, Tensor> prune_tokens_cpu(const Tensor& x_, const Tensor& scor
   int64_t* ip = idx.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, score.scalar_type(), "ext_prune_tokens_cpu", [&] {
     const scalar_t* sp = score.const_data_ptr<scalar_t>();
-    at::parallel_for(0, batch, batch_grain((k + 1) * x.size(2)), [&](int64_t b0, int64_t b1) {
+    parallel_over(batch, (k + 1) * x.size(2), [&](int64_t b0, int64_t b1) {
       std::vector<Entry> buf;
       for (int64_t b = b0; b < b1; ++b) {
         topk_row(sp + b * (tokens - 1), tokens - 1, k, ip + b * k, buf);

@@ -138,7 +138,8 @@ def main(argv=None) -> int:
     for backend, kind in dict.fromkeys((b, k) for b, k, _ in times):
         idle = statistics.median(times[(backend, kind, "idle")]) * 1e3
         busy = statistics.median(times[(backend, kind, "busy")]) * 1e3
-        rows.append({**cond, "backend": backend, "kind": kind, "idle_ms": idle, "busy_ms": busy, "busy_over_idle": busy / idle,
+        rows.append({**cond, "backend": backend, "kind": kind, "idle_ms": idle, "busy_ms": busy,
+                     "busy_over_idle": busy / idle,
                      "idle_min_ms": min(times[(backend, kind, "idle")]) * 1e3,
                      "busy_max_ms": max(times[(backend, kind, "busy")]) * 1e3,
                      "load_max_during": max(x for x in loads if x is not None) if any(loads) else None})

@@ -3,7 +3,7 @@
     python -m pytest benchmarks/bench_ops.py -o python_files=bench_*.py --benchmark-json=ops.json
     (benchmarks/run_cpu.py runs it and writes CSV + markdown under benchmarks/results/<device>/)
 
-Shapes follow SPEC.md: DeiT-S attention (H=6, D=64) at the sequence lengths of the sub-networks, and the pruning
+Shapes are the models': DeiT-S attention (H=6, D=64) at the sequence lengths of the sub-networks, and the pruning
 step (score -> top-k -> gather) at C=384. BENCH_DEVICE=cuda selects the GPU; BENCH_BATCH sets B.
 """
 from __future__ import annotations

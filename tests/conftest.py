@@ -1,5 +1,11 @@
+import os
+import sys
+
 import pytest
 import torch
+
+# Helpers shared by the test folders (shared_helpers.py).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_collection_modifyitems(config, items):

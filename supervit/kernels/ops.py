@@ -109,8 +109,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, retur
     Args:
         q, k, v: [B, H, N, D] queries, keys, values (one shape, dtype and device).
         scale: logit scale, a finite number > 0; defaults to D ** -0.5.
-        return_cls_score: also return score [B, N-1] (fp32; fp64 for fp64 inputs) = mean over heads of the softmax row of the CLS
-            query (token 0) at the patch keys 1..N-1. It is differentiable w.r.t. q and k.
+        return_cls_score: also return score [B, N-1] (fp32; fp64 for fp64 inputs) = mean over heads of the softmax
+            row of the CLS query (token 0) at the patch keys 1..N-1. It is differentiable w.r.t. q and k.
 
     Returns:
         out [B, H, N, D], or (out, score) when ``return_cls_score``. ``out`` is stored token-major

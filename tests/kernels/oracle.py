@@ -67,7 +67,8 @@ def assert_within_rule(name, got, same_precision, truth, floor):
     if got.numel() and got.dtype != torch.float64:
         floor += 0.5 * torch.finfo(got.dtype).eps * truth.abs().max().item()
     err_k, err_r = max_err(got, truth), max_err(same_precision, truth)
-    assert err_k <= 2 * err_r + floor, f"{name}: kernel error {err_k:.3g} > 2 x reference error {err_r:.3g} + {floor:.3g}"
+    assert err_k <= 2 * err_r + floor, (f"{name}: kernel error {err_k:.3g} > 2 x reference error {err_r:.3g} "
+                                        f"+ {floor:.3g}")
 
 
 def assert_attention_within_rule(name, got: AttentionValues, same_precision: AttentionValues,

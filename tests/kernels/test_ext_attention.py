@@ -27,9 +27,8 @@ def run(forward, backward, batch, heads, tokens, dim, dtype, grads="both", seed=
     dq, dk, dv = backward(torch.zeros_like(out) if go is None else go, score[:, :0] if gs is None else gs,
                           q, k, v, out, lse, scale, gs is not None)
     got = AttentionValues(out, score, lse, dq, dk, dv)
-    assert_attention_within_rule(f"{dtype} B{batch} N{tokens} grads={grads}", got,
-                                 attention_same_precision(q, k, v, scale, go, gs), attention_truth(q, k, v, scale, go, gs),
-                                 dtype)
+    same_precision, truth = attention_same_precision(q, k, v, scale, go, gs), attention_truth(q, k, v, scale, go, gs)
+    assert_attention_within_rule(f"{dtype} B{batch} N{tokens} grads={grads}", got, same_precision, truth, dtype)
     return out, score, lse, (dq, dk, dv)
 
 

@@ -7,10 +7,9 @@ import subprocess
 import sys
 import time
 
-import torch
-
 from supervit.models import read_checkpoint
 
+from shared_helpers import assert_same_state  # noqa: F401 - the reliability tests import it from here
 from trainer_helpers import TINY_DEMO_MODEL, as_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,7 +59,3 @@ def checkpoint(path) -> dict:
     return read_checkpoint(path)
 
 
-def assert_same_state(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"

@@ -12,6 +12,7 @@ from supervit import kernels
 from supervit.models import SuperDeiT, SuperLVViT
 from train import main_deit, main_lvvit
 
+from shared_helpers import TINY_DEIT
 from trainer_helpers import CLASSES, TINY_IMAGENET_MODEL, TINY_LVVIT_MODEL, as_json, write_image_folder
 
 META = torch.empty(1, 2, 5, 4, device="meta")
@@ -76,8 +77,7 @@ def test_numpy_int_k_is_accepted():
     assert kernels.keep_topk(torch.tensor([[0.1, 0.9, 0.5]]), np.int64(2)).tolist() == [[1, 2]]
 
 
-TINY = dict(img_sizes=(16, 32), patch_size=8, embed_dim=16, depth=4, num_heads=2, prune_layers=(1, 2, 3),
-            num_classes=3)
+TINY = {**TINY_DEIT, "num_classes": 3}
 
 MODEL_CASES = [
     (dict(keep_ratios=(0.0, 1.0)), r"keep_ratios must be numbers in \(0, 1\]"),

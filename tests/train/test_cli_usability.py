@@ -16,6 +16,7 @@ from supervit.models import read_checkpoint
 from train import cli, engine, main_deit, main_lvvit
 from train.model_source import chosen_subnets
 
+from shared_helpers import TINY_DEIT
 from trainer_helpers import CLASSES, TINY_DEMO_MODEL, TINY_IMAGENET_MODEL, TINY_LVVIT_MODEL, as_json, \
     write_image_folder
 
@@ -173,7 +174,7 @@ def test_reeval_command_works_as_printed_demo(tmp_path, capsys, monkeypatch):
 def test_eval_subset_of_subnets_needs_no_full_keep():
     from supervit.models import SuperDeiT
 
-    model = SuperDeiT(img_sizes=(16, 32), patch_size=8, embed_dim=16, depth=4, num_heads=2, prune_layers=(1, 2, 3))
+    model = SuperDeiT(**TINY_DEIT)
     args = main_deit.parse_args(["--demo", "--subnets", "16:0.5"])
     assert chosen_subnets(args, model, training=False) == [(16, 0.5)]
 

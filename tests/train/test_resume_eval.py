@@ -13,6 +13,7 @@ from train.checkpointing import atomic_save
 from train.engine import Amp, evaluate
 from train.distributed import DistInfo
 
+from shared_helpers import assert_same_state
 from trainer_helpers import (CLASSES, TINY_DEMO_MODEL, TINY_IMAGENET_MODEL, TINY_LVVIT_MODEL, as_json,
                              write_image_folder)
 
@@ -23,12 +24,6 @@ DEMO_ARGS = ["--demo", "--model-kwargs", as_json(TINY_DEMO_MODEL), "--batch-size
 
 def weights(path, key="model"):
     return torch.load(path, weights_only=False)[key]
-
-
-def assert_same_state(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
 @pytest.mark.parametrize("how", ["resume", "autoresume"])

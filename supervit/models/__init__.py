@@ -1,6 +1,7 @@
 """SuperViT super-networks (registered with timm on import), checkpoint loading, model configs and analytic cost."""
 from .checkpoint import (CheckpointError, convert_plain_vit_state_dict, extract_state_dict, load_checkpoint,
                          read_checkpoint)
+from .compile import compile_model, graphs_needed
 from .config import create_from_config, model_config
 from .flops import flops
 from .pretrained import published_accuracy
@@ -10,4 +11,5 @@ from .super_vit import SuperVisionTransformer
 
 __all__ = ["SuperVisionTransformer", "SuperDeiT", "SuperLVViT", "super_deit_s", "super_lvvit_s", "flops",
            "load_checkpoint", "read_checkpoint", "extract_state_dict", "convert_plain_vit_state_dict",
-           "CheckpointError", "model_config", "create_from_config", "published_accuracy"]
+           "CheckpointError", "model_config", "create_from_config", "published_accuracy", "compile_model",
+           "graphs_needed"]

@@ -195,8 +195,13 @@ class SuperVisionTransformer(FeaturesMixin, nn.Module):
         """(x, img_size, keep_ratio) of a call, checked; the sub-network from the arguments or ``set_subnet``."""
         tracing = isinstance(x, torch.fx.Proxy)
         default_size, default_ratio = self.default_subnet
-        if tracing:
-            x = guard_traced_args(x, ("img_size", "keep_ratio"), (img_size, keep_ratio), self.default_subnet)
+        if tracing:  # arguments the tracer left symbolic take set_subnet's value, checked at run time
+            symbolic = [(name, value, default) for name, value, default in
+                        (("img_size", img_size, default_size), ("keep_ratio", keep_ratio, default_ratio))
+                        if isinstance(value, torch.fx.Proxy)]
+            if symbolic:
+                names, given, traced = zip(*symbolic)
+                x = guard_traced_args(x, names, given, traced)
             img_size = None if isinstance(img_size, torch.fx.Proxy) else img_size
             keep_ratio = None if isinstance(keep_ratio, torch.fx.Proxy) else keep_ratio
         else:

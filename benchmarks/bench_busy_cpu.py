@@ -15,7 +15,6 @@ Results: <out>/busy_cpu.{csv,md} and busy_cpu.png (default out: a new folder und
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
@@ -116,16 +115,12 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_title("prune step B=64 N=197 C=384 keep 0.7, CPU")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
-    os.replace(path + ".tmp.png", path)
+    harness.save_png(fig, path)
     plt.close(fig)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
-    parser.add_argument("--rounds", type=int, default=15, help="alternating idle/busy rounds (default 15)")
-    parser.add_argument("--out", default=None, help="result folder (default: a new runs/bench/<device>-<time>)")
+    parser = harness.cpu_bench_parser(__doc__, 15, "alternating idle/busy rounds")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.rounds < 2:
         parser.error("--threads must be >= 1 and --rounds >= 2")

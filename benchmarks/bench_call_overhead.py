@@ -16,7 +16,6 @@ Results: <out>/call_overhead.{csv,md} and call_overhead.png (default out: a new 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -110,17 +109,13 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_title("super_deit_s, batch 1, CPU eager: ours vs plain PyTorch")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
-    os.replace(path + ".tmp.png", path)
+    harness.save_png(fig, path)
     plt.close(fig)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
-    parser.add_argument("--rounds", type=int, default=40, help="timed rounds per candidate (default 40)")
+    parser = harness.cpu_bench_parser(__doc__, 40, "timed rounds per candidate")
     parser.add_argument("--sections", default="calls,subnets", help="comma list of: calls, subnets")
-    parser.add_argument("--out", default=None, help="result folder (default: a new runs/bench/<device>-<time>)")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
     if args.threads < 1 or not sections <= {"calls", "subnets"}:

@@ -50,6 +50,23 @@ def run_folder(device, out: str | None = None) -> str:
     return os.path.join(root, "runs", "bench", f"{device_name(device)}-{stamp}")
 
 
+def save_png(fig, path: str) -> None:
+    """Write matplotlib figure ``fig`` to ``path`` (a temp file renamed into place)."""
+    fig.savefig(path + ".tmp.png", dpi=120)
+    os.replace(path + ".tmp.png", path)
+
+
+def cpu_bench_parser(doc: str, rounds: int, rounds_help: str):
+    """The command line of a CPU benchmark: --threads, --rounds, --out (its description: ``doc``'s first paragraph)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"{rounds_help} (default {rounds})")
+    parser.add_argument("--out", default=None, help="result folder (default: a new runs/bench/<device>-<time>)")
+    return parser
+
+
 def noisy_note(rows: list[dict]) -> str:
     """One line saying how many rows are flagged noisy (and the load they ran under), or '' when none is."""
     noisy = [r for r in rows if r.get("noisy")]

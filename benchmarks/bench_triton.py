@@ -152,11 +152,12 @@ def pruning_cases(batch, tokens, channels, keep_ratio, dtype):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default: bf16)")
+    parser.add_argument("--batch", type=int, default=256, help="batch size (default: 256)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[197, 139, 100, 51],
                         help="attention sequence lengths (the first is the target row)")
-    parser.add_argument("--out", default=None, help="result folder (default benchmarks/results/<device>)")
+    parser.add_argument("--out", default=None, help="result folder (default: a new runs/bench/<device>-<time>; "
+                        "benchmarks/results/<device> updates the committed results)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_triton.py needs a CUDA GPU (torch.cuda.is_available() is False); nothing was measured.",
@@ -166,7 +167,8 @@ def main(argv=None) -> int:
     device = torch.device("cuda")
     dtype = DTYPES[args.dtype]
     cond = harness.conditions(device)
-    cond.update(dtype=args.dtype, batch=args.batch, date=datetime.datetime.now().isoformat(timespec="seconds"))
+    cond.update(dtype=args.dtype, batch=args.batch, date=datetime.datetime.now().isoformat(timespec="seconds"),
+                load_before=harness.load_average())
     rows = []
 
     def run(group, shape, cases):
@@ -192,10 +194,13 @@ def main(argv=None) -> int:
     for keep_ratio in (0.7, 0.5):
         run("pruning", f"B{args.batch} N197 C384 r{keep_ratio}", pruning_cases(args.batch, 197, 384, keep_ratio, dtype))
 
-    folder = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", cond["device"])
+    folder = harness.run_folder(device, args.out)
+    load_after = harness.load_average()
+    for row in rows:
+        row["load_after"] = load_after
     columns = ["group", "case", "impl", "shape", "median_ms", "p20_ms", "p80_ms", "graph_median_ms",
-               "time_vs_baseline", "target", "meets_target", "dtype", "batch", "device", "torch", "triton",
-               "machine", "date", "command"]
+               "time_vs_baseline", "target", "meets_target", "dtype", "batch", "load_before", "load_after", "device",
+               "torch", "triton", "machine", "date", "command"]
     csv_path, md_path = harness.write_rows(rows, folder, "bench_triton", columns)
     with open(md_path) as f:
         table = f.read()

@@ -86,3 +86,16 @@ def test_gpu_test_files_are_the_files_with_gpu_marks():
     assert "tests/kernels/triton/test_triton_gpu.py" in files
     assert "tests/kernels/triton/test_triton_gpu_cuda_graph.py" in files
     assert "tests/kernels/triton/test_triton_prune.py" not in files
+
+
+def test_cuda_graph_plot_draws_every_model(tmp_path):
+    import bench_cuda_graphs
+
+    rows = [dict(model=m, img_size=s, keep_ratio=r, mode=mode, median_ms=1.0 + s / 224 * r)
+            for m in ("super_deit_s", "timm_deit_small_patch16_224") for s, r in ((224, 1.0), (128, 0.5))
+            if not (m.startswith("timm_") and s != 224) for mode in ("eager", "cuda_graph")]
+    path = tmp_path / "graphs.png"
+    bench_cuda_graphs.plot(rows, str(path))
+    assert path.stat().st_size > 1000
+    if not torch.cuda.is_available():
+        assert bench_cuda_graphs.main(["--out", str(tmp_path / "x")]) == 2

@@ -81,6 +81,7 @@ def test_cuda_graph_without_cuda_is_a_clear_error():
         CudaGraphSubnet(tiny_model(), 8, 0.5, batch=1)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_replays_the_eager_logits():
     model = tiny_model().cuda()
@@ -90,5 +91,7 @@ def test_cuda_graph_replays_the_eager_logits():
         with torch.inference_mode():
             expected = model(x, img_size=12, keep_ratio=0.5)
         torch.testing.assert_close(graph(x), expected, atol=1e-4, rtol=1e-4)
+    prof = profiling.profile_model(model, "tiny", device="cuda", mode="cuda-graph", rounds=2, progress=False)
+    assert len(prof["rows"]) == 6 and prof["settings"]["mode"] == "cuda-graph"
     with pytest.raises(DeployError, match="captured for input"):
         graph(torch.randn(2, 1, 16, 16, device="cuda"))

@@ -150,6 +150,27 @@ def pruning_cases(batch, tokens, channels, keep_ratio, dtype):
             ("autograd fwd+bwd", "supervit.kernels.prune_tokens op (triton)", op_autograd, 5.0)]
 
 
+def plot(rows: list[dict], path: str) -> None:
+    """One bar per (shape, case, impl) row that has a baseline: its time / the baseline's time (1 = as fast)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rated = [r for r in rows if r["time_vs_baseline"] != ""]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rated)), 4.5))
+    ax.bar(range(len(rated)), [r["time_vs_baseline"] for r in rated],
+           color=["C0" if r["group"] == "attention" else "C1" for r in rated])
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(rated)), [f"{r['shape']} {r['case']}\n{r['impl']}" for r in rated], rotation=80,
+                  fontsize=6)
+    ax.set_ylabel("time / baseline time (lower is faster)")
+    ax.set_title(f"Triton kernels vs SDPA (attention, blue) and the reference ops (pruning, orange), "
+                 f"{rows[0]['dtype']} batch {rows[0]['batch']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default: bf16)")
@@ -209,7 +230,8 @@ def main(argv=None) -> int:
                 f"dtype {args.dtype}, batch {args.batch}; command `{cond['command']}`.\n"
                 "time_vs_baseline = median time / median time of the first row of the same case "
                 f"({sdpa_baseline(dtype)[1]}; the reference ops).\n\n" + table)
-    print(f"wrote {csv_path} and {md_path}")
+    plot(rows, os.path.join(folder, "bench_triton.png"))
+    print(f"wrote {csv_path}, {md_path} and bench_triton.png")
     return 0
 
 

@@ -99,3 +99,12 @@ def test_cuda_graph_plot_draws_every_model(tmp_path):
     assert path.stat().st_size > 1000
     if not torch.cuda.is_available():
         assert bench_cuda_graphs.main(["--out", str(tmp_path / "x")]) == 2
+
+
+def test_triton_benchmark_plot(tmp_path):
+    rows = [dict(group="attention", case="fwd+bwd", impl=impl, shape="B256 H6 N197 D64", time_vs_baseline=ratio,
+                 dtype="bf16", batch=256) for impl, ratio in (("sdpa-flash (no score)", ""), ("triton", 1.08))]
+    rows.append(dict(group="pruning", case="backend fwd+bwd", impl="triton", shape="B256 N197 C384 r0.7",
+                     time_vs_baseline=0.1, dtype="bf16", batch=256))
+    bench_triton.plot(rows, str(tmp_path / "t.png"))
+    assert (tmp_path / "t.png").stat().st_size > 1000

@@ -94,7 +94,7 @@ void row_softmax(const acc_t* a, const scalar_t* b, int64_t rows, int64_t dim, i
   }
 }
 
-at::ScalarType acc_dtype(const Tensor& q) { return accumulation_type(q.scalar_type()); }
+at::ScalarType acc_dtype(const Tensor& q) { return accumulation_type(q.scalar_type()); }  // of score, lse
 
 // q, k, v may be strided views (e.g. of a fused qkv projection): the flash kernel and the score loops read them
 // through their strides, so only a non-unit last-dim stride costs a copy.

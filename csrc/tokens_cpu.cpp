@@ -3,6 +3,7 @@
 // so the gathers are dtype-agnostic and bit-exact.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <c10/util/bit_cast.h>
 #include <torch/library.h>
@@ -44,7 +45,7 @@ inline bool before(const Entry& a, const Entry& b) {
 
 template <typename scalar_t>
 void topk_row(const scalar_t* row, int64_t num, int64_t k, int64_t* out, std::vector<Entry>& buf) {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  using acc_t = at::opmath_type<scalar_t>;  // float, or double for double scores
   buf.resize(num);
   for (int64_t i = 0; i < num; ++i) buf[i] = {ordered_key<acc_t>(static_cast<acc_t>(row[i])), i};
   if (k < num) {

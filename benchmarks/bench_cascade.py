@@ -1,0 +1,75 @@
+"""Wall time of the demo's fitted confidence cascade vs static sub-networks on one test-half batch (CPU or GPU).
+
+Reads the cascade a demo run fitted (``cascade.json`` beside its checkpoint, written by ``make demo``) or fits one
+(``--fit``), then times the cascade, its reference sub-network and the test half's best static sub-network on the
+same batch of held-out digits, in interleaved rounds. Writes cascade_wall.{csv,md} under --out.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_cascade.py --checkpoint runs/demo/last.pth.tar
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+import harness  # noqa: E402
+from supervit.deploy import cascade as casc  # noqa: E402
+from supervit.deploy.cascade_study import study  # noqa: E402
+from supervit.deploy.model_source import load_source  # noqa: E402
+from supervit.models import flops  # noqa: E402
+from train import digits  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="runs/demo/last.pth.tar")
+    p.add_argument("--study", default=None, help="cascade.json of the demo run (default: beside the checkpoint)")
+    p.add_argument("--fit", action="store_true", help="fit the cascade here instead of reading cascade.json")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/<device>)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    model = load_source(args.checkpoint).model.to(device)
+    held_out = digits.digits_datasets()[1]
+    images, labels = held_out.images, held_out.targets
+    if args.fit:
+        res = study(model, images, labels, {s: flops(model, *s) for s in model.subnets()})
+    else:
+        path = args.study or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "cascade.json")
+        with open(path) as handle:
+            res = json.load(handle)
+    fitted = casc.Cascade(res["cascade"]["stages"], res["cascade"]["thresholds"], res["cascade"]["confidence"])
+    _, test = casc.stratified_halves(labels, res["halves"]["seed"])
+    x = images[test[:args.batch]].to(device)
+    statics = {"reference": res["reference"], "best_on_test": res["best_on_test"]}
+    candidates = {"cascade": lambda: fitted(model, x)}
+    for name, p_ in statics.items():
+        candidates[name] = lambda p_=p_: model(x, img_size=p_["img_size"], keep_ratio=p_["keep_ratio"])
+    with torch.inference_mode():
+        stats, cond = harness.measure(candidates, device, dtype=x.dtype, batch=x.shape[0], mode="eager",
+                                      rounds=args.rounds, warmup=2, progress=True)
+    stages = " -> ".join(f"{s}:{r:g}" for s, r in fitted.stages)
+    rows = []
+    for name, s in stats.items():
+        what = stages if name == "cascade" else f"{statics[name]['img_size']}:{statics[name]['keep_ratio']:g}"
+        rows.append({"candidate": name, "subnets": what, **{k: s[k] for k in ("median_ms", "min_ms", "max_ms",
+                     "rel_spread", "noisy", "rounds")},
+                     "cascade_ratio": stats["cascade"]["median_ms"] / s["median_ms"], **cond})
+    out = args.out or os.path.join(HERE, "results", harness.device_name(device))
+    cols = ["candidate", "subnets", "median_ms", "min_ms", "max_ms", "rel_spread", "noisy", "rounds",
+            "cascade_ratio", "batch", "threads", "load_before", "load_after", "device", "torch", "command"]
+    print(harness.markdown_table(rows, cols))
+    print("wrote", *harness.write_rows(rows, out, "cascade_wall", cols))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

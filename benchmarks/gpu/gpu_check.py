@@ -10,7 +10,7 @@ Two parts, each meant to fit one 8-minute device call from a cold cache:
   (gpu/bench_cuda_graphs.py); full autotuning.
 
 Every log and result goes under --out; summary.md there lists each step (exit code, seconds) and how the GPU
-targets stand. Without a CUDA GPU it stops at once with one line on stderr and exit code 2.
+targets stand, and gpu-check-<part>.tar.gz holds all of it in one file. Without a CUDA GPU it stops at once with one line on stderr and exit code 2.
 
     python benchmarks/gpu/gpu_check.py --out runs/gpu --part tests
 """
@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -175,6 +176,19 @@ def write_summary(out: str, part: str, steps: Steps) -> str:
     return path
 
 
+def write_archive(out: str, part: str) -> str:
+    """Every file under ``out`` packed into ``out/gpu-check-<part>.tar.gz``: one file to carry off the machine."""
+    path = os.path.join(out, f"gpu-check-{part}.tar.gz")
+    with tarfile.open(path + ".tmp", "w:gz") as tar:
+        for folder, _, files in os.walk(out):
+            for name in sorted(files):
+                if not name.startswith("gpu-check-"):  # earlier archives and this one's temp file
+                    full = os.path.join(folder, name)
+                    tar.add(full, arcname=os.path.relpath(full, out))
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for every log and result (created)")
@@ -194,6 +208,7 @@ def main(argv=None) -> int:
     for part in parts:
         (run_tests if part == "tests" else run_bench)(steps, sys.executable)
     print(f"[gpu-check] summary: {write_summary(args.out, args.part, steps)}", flush=True)
+    print(f"[gpu-check] everything in one file: {write_archive(args.out, args.part)}", flush=True)
     return 0 if all(rc == 0 for _, rc, _, _ in steps.rows) else 1
 
 

@@ -79,6 +79,10 @@ def test_steps_log_each_command_and_the_summary_lists_them(tmp_path):
     assert "hello from the step" in (tmp_path / "ok.log").read_text()
     summary = open(gpu_check.write_summary(str(tmp_path), "tests", steps)).read()
     assert "| ok | 0 |" in summary and "| fails | 3 |" in summary and "## Targets" not in summary
+    import tarfile
+
+    with tarfile.open(gpu_check.write_archive(str(tmp_path), "tests")) as tar:
+        assert set(tar.getnames()) == {"ok.log", "fails.log", "summary.md"}
 
 
 def test_gpu_test_files_are_the_files_with_gpu_marks():

@@ -54,6 +54,9 @@ def study(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, gmacs: d
     fitted = casc.fit_cascade(out_cal, y_cal, costs, limit, max_stages, confidences, cost_name=cost_name,
                               stage_pool=stage_pool)
     result = casc.evaluate_cascade(fitted, model, images[test], y_test, gmacs, batch_size)
+    if costs is not gmacs:  # the fitted cost on the test half, from its exit fractions
+        spent = [sum(costs[s] for s in fitted.stages[:i + 1]) for i in range(len(fitted.stages))]
+        result[f"mean_{cost_name}"] = sum(f * c for f, c in zip(result["exit_fractions"], spent))
     curve = []
     for ratio in curve_ratios:
         try:
@@ -99,8 +102,10 @@ def format_study(res: dict) -> str:
     thr = ", ".join(f"{x:.3f}" for x in c["thresholds"]) or "-"
     lines.append(f"cascade fitted to mean {cost_name} <= {limit:.4g}: {stages}, {c['confidence']} thresholds "
                  f"[{thr}] (calibration top-1 {c['fit']['calibration']['acc1']:.2f}%)")
-    lines.append(f"cascade on the test half: top-1 {t['acc1']:.2f}% at {t['mean_gmacs']:.4g} mean GMACs; exits "
-                 + ", ".join(f"{f:.0%}" for f in t["exit_fractions"]))
+    other = f" ({t[f'mean_{cost_name}']:.4g} mean {cost_name})" if f"mean_{cost_name}" in t and cost_name != "gmacs" \
+        else ""
+    lines.append(f"cascade on the test half: top-1 {t['acc1']:.2f}% at {t['mean_gmacs']:.4g} mean GMACs{other}; "
+                 "exits " + ", ".join(f"{f:.0%}" for f in t["exit_fractions"]))
     for label, p in (("reference (best on calibration)", ref), ("best static on the test half", best)):
         lines.append(f"  vs {label} ({p['img_size']}, {p['keep_ratio']:g}): {t['acc1'] - p['test_acc1']:+.2f} "
                      f"points top-1 at {t['mean_gmacs'] / p['gmacs']:.2f}x its GMACs")

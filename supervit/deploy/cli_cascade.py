@@ -33,10 +33,12 @@ def add_arguments(parser) -> None:
                      help="auto: try both, keep the better on the calibration half")
     fit.add_argument("--stage-pool", default="pareto", choices=("pareto", "all"),
                      help="stages from the calibration Pareto front, or from every sub-network")
-    parser.add_argument("--batch", type=int, default=256, help="inference batch")
+    fit.add_argument("--budget-ms", type=float, default=None, help="mean latency budget per image (ms), from "
+                     "the profile at --batch (per-image latency = batch latency / batch)")
     parser.add_argument("--time", action="store_true", help="also time the cascade against the reference "
                         "sub-network on one test batch (interleaved rounds)")
-    parser.add_argument("--device", default="cpu")
+    cli_common.add_timing_arguments(parser)
+    parser.set_defaults(batch=256)
     parser.add_argument("--save", default=None, metavar="JSON", help="write the study (cascade, tables) here")
     parser.add_argument("--plot", default=None, metavar="PNG", help="cascade curve over the static points")
 
@@ -90,9 +92,16 @@ def main(args) -> int:
     images, labels = _tensors(args.tensors) if args.tensors else _image_folder(args.data, model, args.limit)
     gmacs = cli_common.model_gmacs(model)
     kinds = casc.CONFIDENCES if args.confidence == "auto" else (args.confidence,)
-    res = study(model, images, labels, gmacs, budget_ratio=args.budget_ratio, budget=args.budget_gmacs,
-                seed=args.split_seed, max_stages=args.max_stages, confidences=kinds, stage_pool=args.stage_pool,
-                batch_size=args.batch, progress=True)
+    if args.budget_ms is not None and args.budget_gmacs is not None:
+        raise DeployError("give at most one of --budget-ms and --budget-gmacs")
+    costs, cost_name, budget = None, "gmacs", args.budget_gmacs
+    if args.budget_ms is not None:
+        profile, _ = cli_common.obtain_profile(source, args)
+        costs = {(r["img_size"], r["keep_ratio"]): r["latency_ms"] / args.batch for r in profile["rows"]}
+        cost_name, budget = "latency_ms", args.budget_ms
+    res = study(model, images, labels, gmacs, budget_ratio=args.budget_ratio, budget=budget, costs=costs,
+                cost_name=cost_name, seed=args.split_seed, max_stages=args.max_stages, confidences=kinds,
+                stage_pool=args.stage_pool, batch_size=args.batch, progress=not args.no_progress)
     print(format_study(res))
     if args.time:
         _, test = casc.stratified_halves(labels, args.split_seed)

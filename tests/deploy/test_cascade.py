@@ -125,6 +125,10 @@ def test_cascade_cli_on_tensors(tmp_path, capsys, tiny_checkpoint):
     assert study["halves"] == {"calibration": 20, "test": 20, "seed": 0}
     assert study["test"]["mean_gmacs"] <= study["budget"]["gmacs"] * 1.5  # fitted on the other half
     assert png.stat().st_size > 5000
+    code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(data), "--budget-ms", "1e3",
+                        "--rounds", "1", "--warmup", "0", "--profile", str(tmp_path / "p.json"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "cascade fitted to mean latency_ms <= 1000" in out and "mean latency_ms)" in out
     code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(data), "--budget-gmacs", "1e-9"])
     assert code == 2 and "below the cheapest sub-network (8, 0.5)" in capsys.readouterr().err
     code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint])

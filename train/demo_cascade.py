@@ -18,18 +18,26 @@ from . import digits, report
 WALL_TIME_BATCH = 256
 
 
-def report_cascade(model, output_dir: str | None, budget_ratio: float = 0.8) -> dict:
-    """Fit, evaluate, time and print the demo cascade; write cascade.json and the plot into ``output_dir``."""
+def report_cascade(model, output_dir: str | None, budget_ratio: float = 0.8, data=None,
+                   wall_time_batch: int = WALL_TIME_BATCH) -> dict:
+    """Fit, evaluate, time and print the demo cascade; write cascade.json and the plot into ``output_dir``.
+
+    Args:
+        data: (images [N, 1, 28, 28], labels [N]) instead of the 1,000 held-out digits.
+        wall_time_batch: the test-half batch the cascade and its reference are timed on.
+    """
     model = model.eval()
     device = next(model.parameters()).device
-    held_out = digits.digits_datasets()[1]
-    images, labels = held_out.images, held_out.targets  # [1000, 1, 28, 28], [1000]
+    if data is None:
+        held_out = digits.digits_datasets()[1]
+        data = held_out.images, held_out.targets  # [1000, 1, 28, 28], [1000]
+    images, labels = data
     gmacs = {sub: flops(model, *sub) for sub in model.subnets()}
     res = study(model, images.to(device), labels.to(device), gmacs, budget_ratio=budget_ratio)
     _, test = casc.stratified_halves(labels, res["halves"]["seed"])
     ref = res["reference"]
     fitted = casc.Cascade(res["cascade"]["stages"], res["cascade"]["thresholds"], res["cascade"]["confidence"])
-    batch = images[test[:WALL_TIME_BATCH]].to(device)
+    batch = images[test[:wall_time_batch]].to(device)
     res["timing"] = time_against_static(model, fitted, (ref["img_size"], ref["keep_ratio"]), batch)
     t = res["timing"]
     print("\nconfidence cascade (held-out digits: thresholds fitted on one stratified half, numbers on the other)")

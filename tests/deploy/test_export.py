@@ -51,29 +51,19 @@ def test_onnx_runtime_matches_eager(exported, case):
 
 
 def test_pt2_and_aoti_run_without_supervit(exported, tmp_path):
-    files, expected = [], {}
-    inputs = None
+    files, inputs, expected = [], {}, {}
     for case, (model, _, paths) in exported.items():
-        if case[0] != "demo":
-            continue  # the demo net's inputs are shared by its cases
-        inputs = example_batches(model)
+        batches = example_batches(model)
         for fmt in ("pt2", "aoti"):
             if fmt in paths:
                 files.append((paths[fmt], fmt))
-                expected[paths[fmt]] = eager_outputs(model, case[1], case[2], inputs)
-    results = run_without_supervit(files, inputs, str(tmp_path))
+                inputs[paths[fmt]] = batches
+                expected[paths[fmt]] = eager_outputs(model, case[1], case[2], batches)
+    assert {fmt for _, fmt in files} == {"pt2", "aoti"} and len(files) >= 4
+    results = run_without_supervit(files, inputs, str(tmp_path))  # one process for all: torch imports once
     for path, fmt in files:
         for got, want in zip(results[path], expected[path]):
-            assert_matches(got, want, f"{fmt} {os.path.basename(path)} batch {want[0].shape[0]}")
-
-
-@pytest.mark.parametrize("name", ["super_deit_s", "super_lvvit_s"])
-def test_pt2_of_the_full_models_runs_without_supervit(exported, tmp_path, name):
-    (case, (model, _, paths)), = [(c, v) for c, v in exported.items() if c[0] == name]
-    inputs = example_batches(model)
-    results = run_without_supervit([(paths["pt2"], "pt2")], inputs, str(tmp_path))
-    for got, want in zip(results[paths["pt2"]], eager_outputs(model, case[1], case[2], inputs)):
-        assert_matches(got, want, f"pt2 {case} batch {want[0].shape[0]}")
+            assert_matches(got, want, f"{fmt} {path} batch {want[0].shape[0]}")
 
 
 def test_program_holds_one_position_table_and_standard_ops_only(exported):

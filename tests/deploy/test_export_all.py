@@ -44,6 +44,6 @@ def test_onnx_and_pt2_match_eager(case, tmp_path):
     run = runners.load_runner(onnx_path, "onnx")
     for x, want in zip(inputs, expected):
         assert_matches(run(x), want, f"onnx {case} batch {x.shape[0]}")
-    results = run_without_supervit([(pt2_path, "pt2")], inputs, str(tmp_path))
+    results = run_without_supervit([(pt2_path, "pt2")], {pt2_path: inputs}, str(tmp_path))
     for got, want in zip(results[pt2_path], expected):
         assert_matches(got, want, f"pt2 {case} batch {want[0].shape[0]}")

@@ -74,7 +74,7 @@ results = {}
 for path, fmt in job["files"]:
     run = torch.export.load(path).module() if fmt == "pt2" else torch._inductor.aoti_load_package(path)
     outputs = []
-    for x in inputs:
+    for x in inputs[path]:
         with torch.no_grad():
             out = run(x)
         outputs.append(list(out) if isinstance(out, (list, tuple)) else [out])
@@ -89,8 +89,13 @@ print(json.dumps({"supervit_importable": importable, "supervit_loaded": "supervi
 """
 
 
-def run_without_supervit(files: list, inputs: list, workdir) -> dict:
-    """{path: [outputs per input]} from loading each (path, "pt2" | "aoti") in a process without supervit."""
+def run_without_supervit(files: list, inputs: dict, workdir) -> dict:
+    """{path: [outputs per input]} from loading each (path, "pt2" | "aoti") in one process without supervit.
+
+    Args:
+        files: [(path, "pt2" | "aoti")].
+        inputs: {path: [input batches]}.
+    """
     job = {"files": [list(f) for f in files], "inputs": os.path.join(workdir, "inputs.pt"),
            "outputs": os.path.join(workdir, "outputs.pt")}
     torch.save(inputs, job["inputs"])

@@ -1,6 +1,9 @@
 """Building the registered models the timm way, including ``pretrained=True`` from a released checkpoint file."""
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
 
@@ -53,7 +56,7 @@ def build_super_vit(model_class, variant: str, pretrained: bool = False, pretrai
     is converted), read with ``weights_only=True``; ``pretrained_ema`` picks the EMA weights (default: the recipe's
     choice, see ``PRETRAINED_EMA``). ``num_classes`` / ``in_chans`` different from the file adapt the heads
     (re-initialised) and the first convolution as timm does. ``features_only=True`` wraps the model in timm's
-    feature getter (``out_indices``: the last 3 blocks by default).
+    feature getter (``out_indices``: the last 3 blocks by default). ``device`` / ``dtype`` place the new model.
     """
     if "img_size" in kwargs:
         raise ValueError(f"{variant}: img_size is chosen per call (forward's img_size argument); pass "
@@ -64,7 +67,11 @@ def build_super_vit(model_class, variant: str, pretrained: bool = False, pretrai
                                                        pretrained_ema)
         kwargs["pretrained_cfg_overlay"] = overlay
     feature_cfg = dict(feature_cls="getter", out_indices=kwargs.pop("out_indices", 3))
-    model = build_model_with_cfg(model_class, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                 feature_cfg=feature_cfg, kwargs_filter=("img_size",), **kwargs)
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_model_with_cfg(model_class, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                     feature_cfg=feature_cfg, kwargs_filter=("img_size",), **kwargs)
+    if dtype is not None:
+        model.to(dtype=dtype)
     _drop_state_dict(model)
     return model

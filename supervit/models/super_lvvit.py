@@ -68,7 +68,7 @@ class SuperLVViT(SuperVisionTransformer):
 
     def reset_classifier(self, num_classes: int, global_pool=None):
         super().reset_classifier(num_classes, global_pool)
-        self.aux_head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.aux_head = self.new_classifier(num_classes)
 
     def forward_head(self, x, pre_logits: bool = False):
         """Tokens [B, n, C] -> eval logits ``head(CLS) + aux_weight * max over patches of aux_head`` [B, K]; the CLS

@@ -160,7 +160,14 @@ class SuperVisionTransformer(FeaturesMixin, nn.Module):
         if global_pool not in (None, "token"):
             raise ValueError(f"global_pool must be 'token' (the CLS token) or None, got {global_pool!r}")
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = self.new_classifier(num_classes)
+
+    def new_classifier(self, num_classes: int) -> nn.Module:
+        """Linear(embed_dim, num_classes) (Identity for 0) on the model's device and dtype, in its train/eval mode."""
+        if num_classes == 0:
+            return nn.Identity()
+        head = nn.Linear(self.embed_dim, num_classes, device=self.cls_token.device, dtype=self.cls_token.dtype)
+        return head.train(self.training)
 
     # ------------------------------------------------------------------------------------------------------------
     def _check_subnet(self, img_size, keep_ratio):
@@ -310,4 +317,6 @@ def check_config(img_sizes, keep_ratios, prune_layers, patch_size, in_chans, num
 def scaled_box(box, grid: int, ref_grid: int):
     """Rescale a (h1, w1, h2, w2) box from a ref_grid x ref_grid grid to grid x grid: int(c // (ref/grid))."""
     factor = ref_grid / grid
-    return tuple(int(c // factor) for c in box)
+    # torch.sym_int is int() for Python numbers; under torch.compile it keeps a changing coordinate symbolic
+    # instead of specializing the graph on its value
+    return tuple(torch.sym_int(c // factor) for c in box)

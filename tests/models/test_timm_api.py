@@ -217,3 +217,13 @@ def test_untrained_keep_ratio_and_off_size_input_warn_once():
         model(torch.randn(1, 1, 16, 16), 16, 0.5)  # already the sub-network's size
     with pytest.raises(ValueError, match=r"img_size must be one of \[16, 20, 24, 28\]"):
         model(torch.randn(1, 1, 28, 28), img_size=18)
+
+
+def test_factory_device_dtype_and_new_heads_follow_the_model():
+    model = timm.create_model("super_lvvit_s", device="meta", dtype=torch.float64, **SMALL).eval()
+    assert {t.device.type for t in model.state_dict().values()} == {"meta"}
+    model.reset_classifier(3)
+    for head in (model.head, model.aux_head):
+        assert head.weight.device.type == "meta" and head.weight.dtype == torch.float64 and not head.training
+    with pytest.raises(TypeError):
+        timm.create_model("super_deit_s", device="meta", not_a_model_arg=1)

@@ -47,8 +47,6 @@ def _build(checkpoint: dict, path: str) -> tuple[nn.Module, bool]:
     """(model, built from a stored config) for ``checkpoint``."""
     import timm
 
-    from supervit import models
-
     info = checkpoint.get("supervit") if isinstance(checkpoint.get("supervit"), dict) else {}
     if isinstance(info.get("model_config"), dict):
         try:

@@ -1,7 +1,6 @@
 """The confidence cascade: real gathering, batch 1, agreement with the simulation, fitting, splits, the command."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

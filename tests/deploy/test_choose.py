@@ -117,3 +117,16 @@ def test_choose_on_a_tiny_checkpoint_measures_and_saves_a_profile(capsys, tmp_pa
     assert key.startswith("tiny.pth|cpu-") and len(profile["rows"]) == 6
     assert deploy_main(argv) == 0  # second time: read back under the same key
     assert "saved profile" in capsys.readouterr().out
+
+
+def test_released_checkpoint_without_a_table_falls_back_to_the_published_one(tmp_path, capsys):
+    import timm
+    import torch
+
+    released = tmp_path / "released.pth.tar"  # timm-saver layout: arch + state_dict, no evaluation table
+    torch.save({"arch": "super_deit_s", "epoch": 299, "state_dict": timm.create_model("super_deit_s").state_dict()},
+               released)
+    code = deploy_main(["choose", "--checkpoint", str(released), "--budget-gmacs", "2", "--no-latency"])
+    out = capsys.readouterr().out
+    assert code == 0 and "published ImageNet-1k top-1 of super_deit_s (not measured here)" in out
+    assert "img_size 192, keep_ratio 0.5 (top-1 78.91%" in out

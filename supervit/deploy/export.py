@@ -53,11 +53,7 @@ def check_export_args(model: nn.Module, fmt: str, out, batch, input_size) -> tup
     """(absolute output path, input side) after checking every argument; DeployError naming the bad one."""
     if fmt not in FORMATS:
         raise DeployError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise DeployError(f"batch must be an int >= 1 (or None for a dynamic batch), got {batch!r}")
-    side = model.img_sizes[-1] if input_size is None else input_size
-    if isinstance(side, bool) or not isinstance(side, int) or side < model.patch_size:
-        raise DeployError(f"input_size must be an int >= the patch size {model.patch_size}, got {input_size!r}")
+    side = _input_side(model, batch, input_size)
     path = os.path.abspath(os.fspath(out))
     if not path.endswith(SUFFIX[fmt]):
         raise DeployError(f"out must end with {SUFFIX[fmt]!r} for format {fmt!r}, got {os.fspath(out)!r}")
@@ -69,8 +65,19 @@ def check_export_args(model: nn.Module, fmt: str, out, batch, input_size) -> tup
     return path, side
 
 
+def _input_side(model: nn.Module, batch, input_size) -> int:
+    """The input side (``input_size`` or the model's largest size) after checking it and ``batch``."""
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise DeployError(f"batch must be an int >= 1 (or None for a dynamic batch), got {batch!r}")
+    side = model.img_sizes[-1] if input_size is None else input_size
+    if isinstance(side, bool) or not isinstance(side, int) or side < model.patch_size:
+        raise DeployError(f"input_size must be an int >= the patch size {model.patch_size}, got {input_size!r}")
+    return side
+
+
 def export_program(model: nn.Module, img_size: int, keep_ratio: float, batch: int | None = None,
-                   input_size: int | None = None, with_kept: bool = False) -> tuple[torch.export.ExportedProgram, Subnet]:
+                   input_size: int | None = None,
+                   with_kept: bool = False) -> tuple[torch.export.ExportedProgram, Subnet]:
     """(core-ATen ExportedProgram of sub-network (img_size, keep_ratio), the traced ``Subnet``).
 
     Args:
@@ -81,7 +88,7 @@ def export_program(model: nn.Module, img_size: int, keep_ratio: float, batch: in
         with_kept: also output the kept token indices of each pruning block (see ``Subnet``).
     """
     img_size, keep_ratio = check_subnet(model, img_size, keep_ratio)
-    _, side = check_export_args(model, "pt2", "x.pt2", batch, input_size)
+    side = _input_side(model, batch, input_size)
     subnet = Subnet(model, img_size, keep_ratio, with_kept=with_kept)
     example = torch.randn(batch or DYNAMIC_TRACE_BATCH, model.in_chans, side, side)
     dynamic = None if batch else {"x": {0: torch.export.Dim("batch", min=1)}}

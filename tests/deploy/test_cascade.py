@@ -136,3 +136,24 @@ def test_cascade_cli_on_tensors(tmp_path, capsys, tiny_checkpoint):
     code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(tmp_path / "bad.pt")])
     err = capsys.readouterr().err
     assert code == 2 and "bad.pt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cascade_cli_on_an_image_folder(tmp_path, capsys):
+    from PIL import Image
+
+    from conftest import TINY, write_tiny_checkpoint
+    from supervit.models import SuperDeiT
+
+    torch.manual_seed(0)
+    ckpt = write_tiny_checkpoint(tmp_path / "rgb.pth", model=SuperDeiT(**{**TINY, "in_chans": 3}).eval())
+    for cls in ("cat", "dog"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(6):
+            pixels = (torch.rand(20, 20, 3) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "val" / cls / f"{i}.png")
+    code = deploy_main(["cascade", "--checkpoint", ckpt, "--data", str(tmp_path / "val"), "--budget-ratio", "1",
+                        "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "calibration half 6 / test half 6 images" in out
+    code = deploy_main(["cascade", "--checkpoint", ckpt, "--data", str(tmp_path / "missing")])
+    assert code == 2 and "missing" in capsys.readouterr().err

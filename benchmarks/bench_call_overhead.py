@@ -12,7 +12,7 @@ Sections (candidates interleaved round by round in one run; median and spread; t
 
     python benchmarks/bench_call_overhead.py [--threads 2] [--rounds 40] [--out DIR]
 
-Results: <out>/call_overhead.{csv,md} and call_overhead.png (default out: a new folder under runs/bench/).
+Results: <out>/call_overhead_t<threads>.{csv,md} and .png (default out: a new folder under runs/bench/).
 """
 from __future__ import annotations
 
@@ -131,9 +131,10 @@ def main(argv=None) -> int:
     columns = ["section", "case", "impl", "us_per_call", "overhead_us", "ours_over_plain_median",
                "ours_over_plain_min", "median_ms", "min_ms", "max_ms", "rel_spread", "rounds", "noisy", "threads",
                "backend", "load_before", "load_after", "device", "torch", "command"]
-    csv_path, md_path = harness.write_rows(rows, out, "call_overhead", columns)
+    stem = f"call_overhead_t{args.threads}"
+    csv_path, md_path = harness.write_rows(rows, out, stem, columns)
     if "subnets" in sections:
-        plot(rows, os.path.join(out, "call_overhead.png"))
+        plot(rows, os.path.join(out, stem + ".png"))
     for r in rows:
         value = (f"{r['us_per_call']:.1f} us/call (+{r['overhead_us']:.1f})" if r["section"] == "calls"
                  else f"{r['median_ms']:.2f} ms, ours/plain {r['ours_over_plain_median']:.3f}")

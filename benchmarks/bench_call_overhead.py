@@ -4,8 +4,9 @@ Sections (candidates interleaved round by round in one run; median and spread; t
 
 * calls: one call of each op on tiny inputs (B=1, the 8x8 grid: N=65, C=384, H=6, D=64), no grad. Candidates:
   the public function (argument checks + dispatch + backend), the registered ``torch.ops.supervit`` op (the
-  custom-op layer, as compiled graphs and autograd call it), and the backend function alone. Overhead per call
-  = public - backend.
+  custom-op layer, as compiled graphs and autograd call it), and the backend function alone, timed in CPU time of
+  the calling thread (host work, unaffected by other processes; use --threads 1). Overhead per call = public -
+  backend.
 * subnets: ``model(x, img_size, keep_ratio)`` vs a plain implementation of the same sub-network (explicit softmax
   attention, argsort, index gather: tests/models/naive_forward.py) on the same weights, batch 1, fp32, eval,
   no grad, for all 12 sub-networks. Target: ours <= plain at every sub-network.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import torch
 
@@ -58,17 +60,36 @@ def call_candidates(tokens: int = 65, channels: int = 384, heads: int = 6):
     return out
 
 
+CALLS_PER_SAMPLE = 50
+
+
+def thread_seconds_per_call(fn) -> float:
+    """CPU time of the calling thread per call of ``fn`` over CALLS_PER_SAMPLE calls: host work only, not the
+    time the thread spends descheduled, so other processes' load does not enter (run with --threads 1)."""
+    start = time.thread_time()
+    for _ in range(CALLS_PER_SAMPLE):
+        fn()
+    return (time.thread_time() - start) / CALLS_PER_SAMPLE
+
+
 def measure_calls(rounds: int) -> list[dict]:
     rows = []
     for op, (candidates, backend) in call_candidates().items():
-        # Each timed sample is 50 calls, so that the clock's resolution does not matter.
-        batched = {name: (lambda f=f: [f() for _ in range(50)]) for name, f in candidates.items()}
-        stats, cond = harness.measure(batched, CPU, dtype=torch.float32, batch=1, backend=backend, mode="eval",
-                                      rounds=rounds, warmup=3)
+        for fn in candidates.values():
+            fn()
+        load_before = harness.load_average()
+        samples = {name: [] for name in candidates}
+        for r in range(rounds):  # interleaved, the order rotating
+            names = list(candidates)[r % len(candidates):] + list(candidates)[:r % len(candidates)]
+            for name in names:
+                samples[name].append(thread_seconds_per_call(candidates[name]))
+        cond = harness.conditions(CPU, dtype=torch.float32, batch=1, backend=backend, mode="eval, thread CPU time",
+                                  load_before=load_before, load_after=harness.load_average())
+        stats = {name: harness.summarize(s) for name, s in samples.items()}
         base = stats["backend"]["median_ms"]
         for name, s in stats.items():
-            rows.append({"section": "calls", "case": op, "impl": name, "us_per_call": 1e3 * s["median_ms"] / 50,
-                         "overhead_us": 1e3 * (s["median_ms"] - base) / 50, **s, **cond})
+            rows.append({**cond, "section": "calls", "case": op, "impl": name, "us_per_call": 1e3 * s["median_ms"],
+                         "overhead_us": 1e3 * (s["median_ms"] - base), **s})
     return rows
 
 

@@ -31,7 +31,7 @@ def test_config_is_json_and_rebuilds_the_same_architecture(build):
     assert rebuilt.subnets() == model.subnets() and rebuilt.prune_layers == model.prune_layers
     assert model_config(rebuilt) == config
     rebuilt.load_state_dict(model.state_dict())
-    x = torch.randn(2, 1, 28, 28)
+    x = torch.randn(2, 1, model.img_sizes[-1], model.img_sizes[-1])
     with torch.no_grad():
         size, ratio = model.subnets()[0]
         assert torch.equal(rebuilt.eval()(x, size, ratio), model.eval()(x, size, ratio))

@@ -9,7 +9,7 @@ from supervit.deploy.__main__ import main as deploy_main
 from supervit.deploy.errors import DeployError
 from supervit.models import flops
 
-from conftest import tiny_model
+from deploy_helpers import tiny_model
 
 
 class CountingModel(torch.nn.Module):
@@ -141,7 +141,7 @@ def test_cascade_cli_on_tensors(tmp_path, capsys, tiny_checkpoint):
 def test_cascade_cli_on_an_image_folder(tmp_path, capsys):
     from PIL import Image
 
-    from conftest import TINY, write_tiny_checkpoint
+    from deploy_helpers import TINY, write_tiny_checkpoint
     from supervit.models import SuperDeiT
 
     torch.manual_seed(0)

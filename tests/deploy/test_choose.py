@@ -9,7 +9,7 @@ from supervit.deploy.__main__ import main as deploy_main
 from supervit.deploy.errors import DeployError
 from supervit.deploy.profile import read_profiles
 
-from conftest import FIXED_PROFILE_KEY, FIXED_PROFILES, FIXED_RESULTS
+from deploy_helpers import FIXED_PROFILE_KEY, FIXED_PROFILES, FIXED_RESULTS
 
 
 def _point(size, ratio, acc1, gmacs, latency=None):
@@ -93,7 +93,7 @@ def test_cli_errors_are_one_line_with_exit_2(capsys, tmp_path, tiny_checkpoint):
     assert code == 2 and "nope" in err
     code, err = _run_cli(["choose", "--model", "no_such_model", "--budget-gmacs", "1", "--no-latency"], capsys)
     assert code == 2 and "super_deit_s" in err
-    from conftest import write_tiny_checkpoint
+    from deploy_helpers import write_tiny_checkpoint
     bare = write_tiny_checkpoint(tmp_path / "bare.pth", with_table=False)
     code, err = _run_cli(["choose", "--checkpoint", bare, "--budget-gmacs", "1", "--no-latency"], capsys)
     assert code == 2 and "--results" in err and len(err.strip().splitlines()) == 1

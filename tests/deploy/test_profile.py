@@ -10,7 +10,7 @@ from supervit.deploy.cuda_graph import CudaGraphSubnet
 from supervit.deploy.errors import DeployError
 from supervit.models import flops
 
-from conftest import tiny_model
+from deploy_helpers import tiny_model
 
 
 def test_profile_rows_cover_the_subnets_with_gmacs_and_conditions():

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/<device>)")
+    p.add_argument("--out", default=None, help="results folder (default: a new folder under runs/bench/)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     model = load_source(args.checkpoint).model.to(device)
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         rows.append({"candidate": name, "subnets": what, **{k: s[k] for k in ("median_ms", "min_ms", "max_ms",
                      "rel_spread", "noisy", "rounds")},
                      "cascade_ratio": stats["cascade"]["median_ms"] / s["median_ms"], **cond})
-    out = args.out or os.path.join(HERE, "results", harness.device_name(device))
+    out = harness.run_folder(device, args.out)
     cols = ["candidate", "subnets", "median_ms", "min_ms", "max_ms", "rel_spread", "noisy", "rounds",
             "cascade_ratio", "batch", "threads", "load_before", "load_after", "device", "torch", "command"]
     print(harness.markdown_table(rows, cols))

@@ -8,7 +8,7 @@ One dynamic-batch export per sub-network and format serves both batch sizes. For
 (sub-network, runtime) pair is a candidate of one ``time_interleaved`` call: each round runs all of them, the order
 rotating, so load from other processes hits every candidate alike. Rows record median, min..max, IQR/median, the
 noisy flag and the load average before/after. Writes runtimes.{csv,md,png} and runtimes_export.{csv,md} to
-benchmarks/results/<device>/ (or --out).
+a new folder under runs/bench/ (or --out).
 """
 from __future__ import annotations
 
@@ -164,11 +164,11 @@ def main(argv=None) -> int:
                         help="where the exports go (about 3 GB; reused when present)")
     parser.add_argument("--aoti-subnets", default="all",
                         help="sub-networks to compile AOTInductor packages for, e.g. 224:0.5,224:1 (default: all)")
-    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
+    parser.add_argument("--out", default=None, help="results folder (default: a new folder under runs/bench/)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", harness.device_name("cpu"))
+    out = harness.run_folder("cpu", args.out)
     export_dir = args.export_dir
     os.makedirs(export_dir, exist_ok=True)
     torch.manual_seed(0)

@@ -6,7 +6,6 @@ Speed claims are ratios of rows measured in one run on one machine.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import sys
@@ -14,22 +13,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+from supervit.kernels.dispatch import forced_backend  # noqa: E402,F401
 from supervit.deploy.timing import (NOISY_SPREAD, conditions, device_name, load_average, measure,  # noqa: E402,F401
                                     summarize, sync, time_interleaved)
-
-
-@contextlib.contextmanager
-def forced_backend(name: str | None):
-    """SUPERVIT_BACKEND=name inside the block (None or 'auto': the dispatcher's own choice)."""
-    old = os.environ.pop("SUPERVIT_BACKEND", None)
-    if name and name != "auto":
-        os.environ["SUPERVIT_BACKEND"] = name
-    try:
-        yield
-    finally:
-        os.environ.pop("SUPERVIT_BACKEND", None)
-        if old is not None:
-            os.environ["SUPERVIT_BACKEND"] = old
 
 
 def cls_row_score(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:

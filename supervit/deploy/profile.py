@@ -11,7 +11,6 @@ under its own settings.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from . import timing
+from ..kernels.dispatch import forced_backend
 from .errors import DeployError
 
 MODES = ("eager", "compile", "cuda-graph")
@@ -39,19 +39,11 @@ def profile_key(model_name: str, device: str, batch: int, dtype: str, mode: str,
     return f"{model_name}|{timing.device_name(device)}|b{batch}|{dtype}|{mode}|{backend}"
 
 
-@contextlib.contextmanager
 def _backend(name: str):
+    """The block runs on backend ``name`` ('auto': the dispatcher's choice)."""
     if name not in BACKENDS:
         raise DeployError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
-    old = os.environ.pop("SUPERVIT_BACKEND", None)
-    if name != "auto":
-        os.environ["SUPERVIT_BACKEND"] = name
-    try:
-        yield
-    finally:
-        os.environ.pop("SUPERVIT_BACKEND", None)
-        if old is not None:
-            os.environ["SUPERVIT_BACKEND"] = old
+    return forced_backend(name)
 
 
 def check_subnets(model: nn.Module, subnets) -> list[tuple[int, float]]:

@@ -9,6 +9,7 @@ the reference backend. The choice is remembered per (SUPERVIT_BACKEND, op, case)
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -94,3 +95,17 @@ def backend_for(op: str, case: Case) -> Backend:
 def forget_choices() -> None:
     """Drop the remembered choices (after a backend's availability changed, e.g. in tests)."""
     _chosen.clear()
+
+
+@contextlib.contextmanager
+def forced_backend(name: str | None):
+    """``SUPERVIT_BACKEND=name`` inside the block (None or 'auto': the dispatcher's own choice), restored after."""
+    old = os.environ.pop("SUPERVIT_BACKEND", None)
+    if name and name != "auto":
+        os.environ["SUPERVIT_BACKEND"] = name
+    try:
+        yield
+    finally:
+        os.environ.pop("SUPERVIT_BACKEND", None)
+        if old is not None:
+            os.environ["SUPERVIT_BACKEND"] = old

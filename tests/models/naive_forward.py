@@ -1,4 +1,4 @@
-"""A deliberately plain SuperViT forward, written from SPEC.md section 2 alone, to check the model against."""
+"""A deliberately plain SuperViT forward, written from the forward pass described in docs/reference.md alone, to check the model against."""
 import math
 
 import torch

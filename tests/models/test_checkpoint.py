@@ -1,4 +1,4 @@
-"""Loading both released checkpoint formats safely, and converting a plain ViT (SPEC.md section 6)."""
+"""Loading both released checkpoint formats safely, and converting a plain ViT (formats and tensor names: docs/reference.md)."""
 import argparse
 import os
 

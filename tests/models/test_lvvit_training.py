@@ -1,4 +1,4 @@
-"""LV-ViT training outputs and MixToken (SPEC.md section 3)."""
+"""LV-ViT training outputs and MixToken (docs/reference.md)."""
 import torch
 
 from supervit.models import SuperLVViT

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from supervit.models import extract_state_dict, read_checkpoint
+from supervit.models import extract_state_dict, read_checkpoint, recorded_arch, recorded_model_config
 
 from .cli import UsageError
 from .data import check_split_dir
@@ -15,38 +15,6 @@ from .data import check_split_dir
 # position tables (filled from a plain ViT's single table). Anything else missing is a trunk that does not fit.
 FINETUNE_REPLACEABLE = ("head.", "aux_head.", "pos_embed_list.")
 REGISTERED_DEFAULT_CLASSES = 1000  # super_deit_s / super_lvvit_s are registered with ImageNet-1k heads
-
-
-def model_config_of(model) -> dict:
-    """``{"arch", "kwargs"}`` of ``model`` (JSON-able), as checkpoints record it."""
-    from supervit.models import model_config
-
-    return model_config(model)
-
-
-def model_from_config(config: dict):
-    """The model a recorded ``{"arch", "kwargs"}`` config describes."""
-    from supervit.models import create_from_config
-
-    return create_from_config(config)
-
-
-def recorded_model_config(ckpt: dict) -> dict | None:
-    """The model construction config a checkpoint of ours carries, or None (released files, older runs)."""
-    info = ckpt.get("supervit") if isinstance(ckpt, dict) else None
-    config = info.get("model_config") if isinstance(info, dict) else None
-    return config if isinstance(config, dict) and "arch" in config else None
-
-
-def recorded_arch(ckpt: dict) -> str | None:
-    """The model name a checkpoint records (our config, the timm saver's ``arch``, or ``args.model``)."""
-    config = recorded_model_config(ckpt)
-    if config:
-        return str(config["arch"])
-    if isinstance(ckpt.get("arch"), str):
-        return ckpt["arch"]
-    model = getattr(ckpt.get("args"), "model", None)
-    return model if isinstance(model, str) else None
 
 
 def count_class_folders(data_path: str, arg_name: str) -> int:
@@ -68,7 +36,7 @@ def resolve_model_source(args, recipe, log) -> dict | None:
     if args.eval and args.resume:
         ckpt = read_checkpoint(args.resume)
         config = recorded_model_config(ckpt)
-        if config is not None and "model" not in explicit:
+        if config is not None and "arch" in config and "model" not in explicit:
             kwargs = dict(config.get("kwargs") or {})
             if args.nb_classes is not None:
                 kwargs["num_classes"] = args.nb_classes

@@ -64,9 +64,9 @@ class Recipe:
         args = self.args
         config = getattr(args, "model_config", None)
         if config:
-            from .model_source import model_from_config
+            from supervit.models import create_from_config
 
-            return model_from_config(config)
+            return create_from_config(config)
         extra = _tuples(model_kwargs(args))
         if args.demo:
             config = {**digits.DEMO_MODEL, **self.demo_model_extra(), **extra}

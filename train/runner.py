@@ -13,7 +13,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from supervit.models import load_checkpoint
+from supervit.models import load_checkpoint, model_config
 
 from . import checkpointing, data as data_lib, model_source, report
 from .cli import UsageError
@@ -109,7 +109,7 @@ def run_eval_only(args, recipe, model, info, amp, ckpt):
         report.write_results(args.output_dir, rows, {
             "checkpoint": os.path.abspath(args.resume), "ema": use_ema, "epoch": ckpt.get("epoch"), "title": title,
             "num_samples": metrics["num_samples"], "num_images": metrics["num_samples"],
-            "dataset": dataset_label(args), "model_config": model_source.model_config_of(model)})
+            "dataset": dataset_label(args), "model_config": model_config(model)})
     return metrics
 
 
@@ -160,7 +160,7 @@ def _run(args, recipe, info):
     amp = resolve_amp(args, info.device)
     if args.finetune:
         finetune_from(model, args.finetune, info, allow_partial=args.finetune_partial,
-                      target=f"{model_source.model_config_of(model)['arch']}{' (demo)' if args.demo else ''}")
+                      target=f"{model_config(model)['arch']}{' (demo)' if args.demo else ''}")
     if args.eval:
         return run_eval_only(args, recipe, model, info, amp, ckpt)
 
@@ -212,7 +212,7 @@ def _run(args, recipe, info):
                       clip_mode=args.clip_mode, ema=ema, max_nonfinite_steps=args.max_nonfinite_steps)
     allowed = set(subnets) if args.subnets else None
     key = f"{subnet_key(*model_source.largest_full(subnets))}_acc1"
-    config = model_source.model_config_of(model)
+    config = model_config(model)
     jsonl = report.JsonlLog(os.path.join(args.output_dir, "log.jsonl") if args.output_dir and info.is_main else None)
     n_params = sum(p.numel() for p in model.parameters())
     log(info, f"{recipe.name}: {type(model).__name__} {n_params / 1e6:.2f}M params, {model.num_classes} classes, "

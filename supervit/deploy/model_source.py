@@ -27,33 +27,19 @@ class Source:
     checkpoint: dict | None
 
 
-def _create_from_config():
-    from supervit import models
-
-    if hasattr(models, "create_from_config"):
-        return models.create_from_config
-    from supervit.models import config
-    return config.create_from_config
-
-
-def _arch_of(checkpoint: dict) -> str | None:
-    if isinstance(checkpoint.get("arch"), str):
-        return checkpoint["arch"]
-    args = checkpoint.get("args")
-    return getattr(args, "model", None) if args is not None else None
-
-
 def _build(checkpoint: dict, path: str) -> tuple[nn.Module, bool]:
     """(model, built from a stored config) for ``checkpoint``."""
     import timm
 
-    info = checkpoint.get("supervit") if isinstance(checkpoint.get("supervit"), dict) else {}
-    if isinstance(info.get("model_config"), dict):
+    from supervit import models
+
+    config = models.recorded_model_config(checkpoint)
+    if config is not None:
         try:
-            return _create_from_config()(info["model_config"], drop_path_rate=0.0), True
+            return models.create_from_config(config, drop_path_rate=0.0), True
         except ValueError as err:
             raise DeployError(f"--checkpoint {path!r}: its model config cannot be rebuilt: {err}") from None
-    arch = _arch_of(checkpoint)
+    arch = models.recorded_arch(checkpoint)
     known = timm.list_models("super_*")
     if arch not in known:
         raise DeployError(f"--checkpoint {path!r} carries no model config and names no known architecture "
@@ -99,7 +85,7 @@ def load_source(checkpoint: str | None = None, model_name: str | None = None,
         raise DeployError(f"--checkpoint {checkpoint!r} holds a {type(ckpt).__name__}, not a checkpoint dict")
     model, custom = _build(ckpt, checkpoint)
     table = accuracy.table_from_results(results) if results else accuracy.table_from_checkpoint(ckpt, checkpoint)
-    arch = _arch_of(ckpt) or model_name
+    arch = models.recorded_arch(ckpt) or model_name
     if table is None and not custom and arch:
         table = _published_or_none(arch)
     try:

@@ -2,7 +2,7 @@
 from .checkpoint import (CheckpointError, convert_plain_vit_state_dict, extract_state_dict, load_checkpoint,
                          read_checkpoint)
 from .compile import compile_model, graphs_needed
-from .config import create_from_config, model_config
+from .config import create_from_config, model_config, recorded_arch, recorded_model_config
 from .flops import flops
 from .pretrained import published_accuracy
 from .super_deit import SuperDeiT, super_deit_s
@@ -12,4 +12,4 @@ from .super_vit import SuperVisionTransformer
 __all__ = ["SuperVisionTransformer", "SuperDeiT", "SuperLVViT", "super_deit_s", "super_lvvit_s", "flops",
            "load_checkpoint", "read_checkpoint", "extract_state_dict", "convert_plain_vit_state_dict",
            "CheckpointError", "model_config", "create_from_config", "published_accuracy", "compile_model",
-           "graphs_needed"]
+           "graphs_needed", "recorded_arch", "recorded_model_config"]

@@ -75,3 +75,21 @@ def create_from_config(config: dict, **overrides) -> nn.Module:
     kwargs.update(overrides)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return timm.create_model(arch, pretrained=False, **kwargs)
+
+
+def recorded_model_config(checkpoint: dict) -> dict | None:
+    """The ``model_config`` a checkpoint saved by our trainer carries (``ckpt["supervit"]["model_config"]``), or
+    None (released files, older runs). Not validated: ``create_from_config`` checks it."""
+    info = checkpoint.get("supervit") if isinstance(checkpoint, dict) else None
+    config = info.get("model_config") if isinstance(info, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def recorded_arch(checkpoint: dict) -> str | None:
+    """The model name a checkpoint records: our model config's arch, else the timm saver's ``arch``, else the DeiT
+    script's ``args.model``; None when it names none."""
+    config = recorded_model_config(checkpoint) or {}
+    for name in (config.get("arch"), checkpoint.get("arch"), getattr(checkpoint.get("args"), "model", None)):
+        if isinstance(name, str):
+            return name
+    return None

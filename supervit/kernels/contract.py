@@ -143,6 +143,14 @@ OPS: dict[str, OpSpec] = {spec.backend_fn: spec for spec in (
 """The contract's ops by backend function name."""
 
 
+# What the compiled kernels (Triton and the CUDA extension) take: the dtypes, and the op groups whose limits
+# their ``supports`` states (attention: head dims; top-k: the in-program sort's length).
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ATTENTION_OPS = ("attention_forward", "attention_backward")
+TOPK_OPS = ("keep_topk", "prune_tokens_forward")
+GATHER_OPS = ("gather_tokens", "gather_tokens_backward")
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What a backend module provides (``reference.py`` is the executable specification of every function).

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from . import ops as _ops  # noqa: F401  (registers torch.ops.supervit.*)
 from . import reference
+from .contract import accumulation_dtype, token_major
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, return_cls_score: bool):
@@ -26,48 +27,25 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, return_cls_score: b
     out and score come from one softmax (``reference.attention``); lse, the saved statistic of the backward, is
     the log-sum-exp of the same logits (dropped from an inference graph, where nothing reads it).
     """
-    acc = torch.promote_types(q.dtype, torch.float32)
+    acc = accumulation_dtype(q.dtype)
     result = reference.attention(q, k, v, scale, return_cls_score)
     out, score = result if return_cls_score else (result, q.new_empty((q.shape[0], 0), dtype=acc))
     lse = torch.logsumexp((q @ k.transpose(-2, -1)).to(acc) * scale, dim=-1)  # [B, H, N]
-    return reference.token_major(out), score, lse
-
-
-def attention_backward(grad_out, grad_score, q, k, v, out, lse, scale: float, has_score_grad: bool):
-    """``supervit::attention_backward``: (dq, dk, dv), the reference backward."""
-    return reference.attention_backward(grad_out, grad_score, q, k, v, out, lse, scale, has_score_grad)
-
-
-def keep_topk(score: Tensor, k: int) -> Tensor:
-    """``supervit::keep_topk``: [B, k] int64, a stable descending sort cut at k (ties: the lower index first)."""
-    return reference.keep_topk(score, k)
-
-
-def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
-    """``supervit::gather_tokens``: [B, k+1, C] = [CLS] + the patch tokens ``idx``."""
-    return reference.gather_tokens(x, idx)
-
-
-def gather_tokens_backward(grad_kept: Tensor, idx: Tensor, num_tokens: int) -> Tensor:
-    """``supervit::gather_tokens_backward``: [B, N, C], zeros at the dropped tokens."""
-    return reference.gather_tokens_backward(grad_kept, idx, num_tokens)
-
-
-def prune_tokens(x: Tensor, score: Tensor, k: int):
-    """``supervit::prune_tokens``: (x_kept [B, k+1, C], idx [B, k]) = gather_tokens(x, keep_topk(score, k))."""
-    return reference.prune_tokens_forward(x, score, k)
+    return token_major(out), score, lse
 
 
 def aten_translations() -> dict:
-    """``{torch.ops.supervit.<op>.default: translation}`` for every supervit op."""
+    """``{torch.ops.supervit.<op>.default: translation}`` for every supervit op: attention as above, every other op
+    its reference function (same signature; keep_topk is a stable descending sort cut at k, ties to the lower
+    index)."""
     ops = torch.ops.supervit
     return {
         ops.attention.default: attention,
-        ops.attention_backward.default: attention_backward,
-        ops.keep_topk.default: keep_topk,
-        ops.gather_tokens.default: gather_tokens,
-        ops.gather_tokens_backward.default: gather_tokens_backward,
-        ops.prune_tokens.default: prune_tokens,
+        ops.attention_backward.default: reference.attention_backward,
+        ops.keep_topk.default: reference.keep_topk,
+        ops.gather_tokens.default: reference.gather_tokens,
+        ops.gather_tokens_backward.default: reference.gather_tokens_backward,
+        ops.prune_tokens.default: reference.prune_tokens_forward,
     }
 
 

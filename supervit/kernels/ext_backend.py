@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from .contract import OPS, Case
+from .contract import ATTENTION_OPS, KERNEL_DTYPES, OPS, TOPK_OPS, Case
 
 NAME = "ext"
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
@@ -74,7 +74,6 @@ def _kernel_status(kind: str) -> tuple[bool, str]:
 # CUDA_HEAD_DIM_MULTIPLE up to CUDA_MAX_HEAD_DIM); the top-k sorts one sample's scores in one block's shared
 # memory (at most CUDA_MAX_SORT_TOKENS patch tokens). The limits come from csrc/cuda_kernels.h through _C.
 # The CPU kernels take every floating dtype and length.
-_CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def supports(op: str, case: Case) -> bool:
@@ -83,39 +82,18 @@ def supports(op: str, case: Case) -> bool:
         return False
     if case.device_type != "cuda":
         return True
-    if op in ("attention_forward", "attention_backward"):
-        return (case.dtype in _CUDA_DTYPES and case.head_dim % _C.CUDA_HEAD_DIM_MULTIPLE == 0
+    if op in ATTENTION_OPS:
+        return (case.dtype in KERNEL_DTYPES and case.head_dim % _C.CUDA_HEAD_DIM_MULTIPLE == 0
                 and case.head_dim <= _C.CUDA_MAX_HEAD_DIM)
-    if op in ("keep_topk", "prune_tokens_forward"):
-        return case.dtype in _CUDA_DTYPES and case.tokens - 1 <= _C.CUDA_MAX_SORT_TOKENS
+    if op in TOPK_OPS:
+        return case.dtype in KERNEL_DTYPES and case.tokens - 1 <= _C.CUDA_MAX_SORT_TOKENS
     return True
 
 
-def attention_forward(q, k, v, scale: float, return_cls_score: bool):
-    """(out [B,H,N,D] token-major q.dtype, score [B,N-1] or [B,0], lse [B,H,N]) (contract.OPS)."""
-    return _ops.ext_attention.default(q, k, v, scale, return_cls_score)
-
-
-def attention_backward(grad_out, grad_score, q, k, v, out, lse, scale: float, has_score_grad: bool):
-    """(dq, dk, dv) for upstream grads on ``out`` and (when ``has_score_grad``) on ``score``."""
-    return _ops.ext_attention_backward.default(grad_out, grad_score, q, k, v, out, lse, scale, has_score_grad)
-
-
-def keep_topk(score, k: int):
-    """idx [B,k] int64: descending score, lower index first on ties."""
-    return _ops.ext_keep_topk.default(score, k)
-
-
-def gather_tokens(x, idx):
-    """[B,k+1,C] = [x[:, :1], x[b, 1 + idx[b]]]."""
-    return _ops.ext_gather_tokens.default(x, idx)
-
-
-def gather_tokens_backward(grad_kept, idx, num_tokens: int):
-    """[B,N,C]: plain indexed store of the kept rows, zeros elsewhere (deterministic)."""
-    return _ops.ext_gather_tokens_backward.default(grad_kept, idx, num_tokens)
-
-
-def prune_tokens_forward(x, score, k: int):
-    """(x_kept [B,k+1,C], idx [B,k]): top-k and gather fused in one pass per sample."""
-    return _ops.ext_prune_tokens.default(x, score, k)
+# The op functions of ``contract.Backend`` are the ext ops themselves (their kernels come from supervit._C).
+attention_forward = _ops.ext_attention.default
+attention_backward = _ops.ext_attention_backward.default
+keep_topk = _ops.ext_keep_topk.default
+gather_tokens = _ops.ext_gather_tokens.default
+gather_tokens_backward = _ops.ext_gather_tokens_backward.default
+prune_tokens_forward = _ops.ext_prune_tokens.default

@@ -12,21 +12,24 @@ import os
 
 import torch
 
-from .contract import Case
+from .contract import ATTENTION_OPS, GATHER_OPS, KERNEL_DTYPES, TOPK_OPS, Case
 
 NAME = "triton"
 
 try:
     from . import triton_attention as _attention
     from . import triton_prune as _prune
+    # the op functions of contract.Backend, as the kernel modules define them
+    from .triton_attention import attention_backward, attention_forward
+    from .triton_prune import gather_tokens, gather_tokens_backward, keep_topk, prune_tokens_forward
     from .triton_launch import INTERPRET as _INTERPRETED  # the mode the kernels were built in, fixed at import
     _IMPORT_ERROR = ""
 except Exception as err:  # noqa: BLE001 - a missing/broken triton makes the backend unavailable, with the reason
     _attention = _prune = None
+    attention_forward = attention_backward = keep_topk = gather_tokens = gather_tokens_backward = None
+    prune_tokens_forward = None
     _INTERPRETED = False
     _IMPORT_ERROR = f"{type(err).__name__}: {err}"
-
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def is_available(device: torch.device):
@@ -52,38 +55,8 @@ def supports(op: str, case: Case) -> bool:
     8192 patch scores, any gather; never empty tensors."""
     if case.empty:
         return False
-    if op in ("attention_forward", "attention_backward"):
-        return case.dtype in _KERNEL_DTYPES and case.head_dim <= _attention.MAX_HEAD_DIM
-    if op in ("keep_topk", "prune_tokens_forward"):
-        return case.dtype in _KERNEL_DTYPES and case.tokens - 1 <= _prune.MAX_PATCH_TOKENS
-    return op in ("gather_tokens", "gather_tokens_backward")
-
-
-def attention_forward(q, k, v, scale: float, return_cls_score: bool):
-    """(out [B,H,N,D] q.dtype token-major, score [B,N-1] fp32 or [B,0], lse [B,H,N] fp32)."""
-    return _attention.attention_forward(q, k, v, scale, return_cls_score)
-
-
-def attention_backward(grad_out, grad_score, q, k, v, out, lse, scale: float, has_score_grad: bool):
-    """(dq, dk, dv) for upstream grads on out [B,H,N,D] and (when has_score_grad) on score [B,N-1]."""
-    return _attention.attention_backward(grad_out, grad_score, q, k, v, out, lse, scale, has_score_grad)
-
-
-def keep_topk(score, k: int):
-    """idx [B, k] int64: descending score, lower index first on ties."""
-    return _prune.keep_topk(score, k)
-
-
-def gather_tokens(x, idx):
-    """[B, k+1, C] = [x[:, :1], x[b, 1 + idx[b]]]."""
-    return _prune.gather_tokens(x, idx)
-
-
-def gather_tokens_backward(grad_kept, idx, num_tokens: int):
-    """[B, N, C]: grad_kept stored back at CLS and 1 + idx, zeros elsewhere (no atomics)."""
-    return _prune.gather_tokens_backward(grad_kept, idx, num_tokens)
-
-
-def prune_tokens_forward(x, score, k: int):
-    """(x_kept [B, k+1, C], idx [B, k]): top-k of score and the gather, in one launch for the whole batch."""
-    return _prune.prune_tokens_forward(x, score, k)
+    if op in ATTENTION_OPS:
+        return case.dtype in KERNEL_DTYPES and case.head_dim <= _attention.MAX_HEAD_DIM
+    if op in TOPK_OPS:
+        return case.dtype in KERNEL_DTYPES and case.tokens - 1 <= _prune.MAX_PATCH_TOKENS
+    return op in GATHER_OPS

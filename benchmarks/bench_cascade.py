@@ -19,10 +19,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 import harness  # noqa: E402
-from supervit.deploy import cascade as casc  # noqa: E402
-from supervit.deploy.cascade_study import study  # noqa: E402
+from supervit.deploy.cascade_study import fitted_cascade, study, test_batch  # noqa: E402
+from supervit.deploy.cli_common import model_gmacs  # noqa: E402
 from supervit.deploy.model_source import load_source  # noqa: E402
-from supervit.models import flops  # noqa: E402
 from train import digits  # noqa: E402
 
 
@@ -41,14 +40,13 @@ def main(argv=None) -> int:
     held_out = digits.digits_datasets()[1]
     images, labels = held_out.images, held_out.targets
     if args.fit:
-        res = study(model, images, labels, {s: flops(model, *s) for s in model.subnets()})
+        res = study(model, images, labels, model_gmacs(model))
     else:
         path = args.study or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "cascade.json")
         with open(path) as handle:
             res = json.load(handle)
-    fitted = casc.Cascade(res["cascade"]["stages"], res["cascade"]["thresholds"], res["cascade"]["confidence"])
-    _, test = casc.stratified_halves(labels, res["halves"]["seed"])
-    x = images[test[:args.batch]].to(device)
+    fitted = fitted_cascade(res)
+    x = test_batch(res, images, labels, args.batch, device)
     statics = {"reference": res["reference"], "best_on_test": res["best_on_test"]}
     candidates = {"cascade": lambda: fitted(model, x)}
     for name, p_ in statics.items():

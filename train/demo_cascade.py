@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import os
 
-from supervit.deploy import cascade as casc
-from supervit.deploy.cascade_study import format_study, study, time_against_static
-from supervit.models import flops
+from supervit.deploy.cascade_study import format_study, format_timing, study, time_study
+from supervit.deploy.cli_common import model_gmacs
 
 from . import digits, report
 
@@ -27,25 +26,15 @@ def report_cascade(model, output_dir: str | None, budget_ratio: float = 0.8, dat
         wall_time_batch: the test-half batch the cascade and its reference are timed on.
     """
     model = model.eval()
-    device = next(model.parameters()).device
     if data is None:
         held_out = digits.digits_datasets()[1]
         data = held_out.images, held_out.targets  # [1000, 1, 28, 28], [1000]
     images, labels = data
-    gmacs = {sub: flops(model, *sub) for sub in model.subnets()}
-    res = study(model, images.to(device), labels.to(device), gmacs, budget_ratio=budget_ratio)
-    _, test = casc.stratified_halves(labels, res["halves"]["seed"])
-    ref = res["reference"]
-    fitted = casc.Cascade(res["cascade"]["stages"], res["cascade"]["thresholds"], res["cascade"]["confidence"])
-    batch = images[test[:wall_time_batch]].to(device)
-    res["timing"] = time_against_static(model, fitted, (ref["img_size"], ref["keep_ratio"]), batch)
-    t = res["timing"]
+    res = study(model, images, labels, model_gmacs(model), budget_ratio=budget_ratio)
+    time_study(model, res, images, labels, wall_time_batch)
     print("\nconfidence cascade (held-out digits: thresholds fitted on one stratified half, numbers on the other)")
     print(format_study(res))
-    print(f"wall time at batch {batch.shape[0]}: cascade {t['cascade']['median_ms']:.1f} ms vs "
-          f"({ref['img_size']}, {ref['keep_ratio']:g}) {t['static']['median_ms']:.1f} ms = {t['ratio']:.2f}x "
-          f"(load {t['conditions']['load_before']} -> {t['conditions']['load_after']}"
-          f"{', noisy' if t['cascade']['noisy'] or t['static']['noisy'] else ''})\n", flush=True)
+    print(format_timing(res) + "\n", flush=True)
     if output_dir:
         with open(os.path.join(output_dir, "cascade.json"), "w") as handle:
             json.dump(res, handle, indent=1, default=float)

@@ -85,6 +85,36 @@ def time_against_static(model: nn.Module, cascade: casc.Cascade, static: tuple, 
             "ratio": stats["cascade"]["median_ms"] / stats["static"]["median_ms"]}
 
 
+def fitted_cascade(res: dict) -> casc.Cascade:
+    """The cascade a ``study`` result fitted (its ``"cascade"`` entry as a ``Cascade``)."""
+    c = res["cascade"]
+    return casc.Cascade(c["stages"], c["thresholds"], c["confidence"])
+
+
+def test_batch(res: dict, images: torch.Tensor, labels: torch.Tensor, batch: int, device) -> torch.Tensor:
+    """The first ``batch`` images of the study's test half, on ``device``."""
+    _, test = casc.stratified_halves(labels, res["halves"]["seed"])
+    return images[test[:batch]].to(device)
+
+
+def time_study(model: nn.Module, res: dict, images: torch.Tensor, labels: torch.Tensor, batch: int) -> dict:
+    """Wall time of the study's fitted cascade against its reference sub-network on ``batch`` test-half images
+    (on the model's device); stored as ``res["timing"]`` and returned."""
+    ref = res["reference"]
+    x = test_batch(res, images, labels, batch, next(model.parameters()).device)
+    res["timing"] = time_against_static(model, fitted_cascade(res), (ref["img_size"], ref["keep_ratio"]), x)
+    return res["timing"]
+
+
+def format_timing(res: dict) -> str:
+    """One line: the cascade's and the reference's median wall time, their ratio, the load, a noisy mark."""
+    t, ref = res["timing"], res["reference"]
+    noisy = ", noisy" if t["cascade"]["noisy"] or t["static"]["noisy"] else ""
+    return (f"wall time at batch {t['conditions']['batch']}: cascade {t['cascade']['median_ms']:.1f} ms vs "
+            f"({ref['img_size']}, {ref['keep_ratio']:g}) (reference) {t['static']['median_ms']:.1f} ms = "
+            f"{t['ratio']:.2f}x (load {t['conditions']['load_before']} -> {t['conditions']['load_after']}{noisy})")
+
+
 def format_study(res: dict) -> str:
     """The static table (calibration / test top-1) and the cascade's line beside it, as text."""
     ref, best = res["reference"], res["best_on_test"]

@@ -11,7 +11,7 @@ import torch
 
 from . import cascade as casc
 from . import cli_common
-from .cascade_study import format_study, study, time_against_static
+from .cascade_study import format_study, format_timing, study, time_study
 from .errors import DeployError
 from .model_source import load_source
 
@@ -104,15 +104,8 @@ def main(args) -> int:
                 stage_pool=args.stage_pool, batch_size=args.batch, progress=not args.no_progress)
     print(format_study(res))
     if args.time:
-        _, test = casc.stratified_halves(labels, args.split_seed)
-        batch = images[test[:args.batch]].to(args.device)
-        ref = res["reference"]
-        fitted = casc.Cascade(res["cascade"]["stages"], res["cascade"]["thresholds"], res["cascade"]["confidence"])
-        res["timing"] = time_against_static(model, fitted, (ref["img_size"], ref["keep_ratio"]), batch)
-        t = res["timing"]
-        print(f"wall time at batch {batch.shape[0]}: cascade {t['cascade']['median_ms']:.1f} ms vs reference "
-              f"{t['static']['median_ms']:.1f} ms = {t['ratio']:.2f}x (load {t['conditions']['load_before']} -> "
-              f"{t['conditions']['load_after']}{', noisy' if t['cascade']['noisy'] or t['static']['noisy'] else ''})")
+        time_study(model, res, images, labels, args.batch)
+        print(format_timing(res))
     if args.save:
         _write_json(res, args.save)
         print(f"wrote {args.save}")

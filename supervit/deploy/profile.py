@@ -11,6 +11,7 @@ under its own settings.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -90,7 +91,8 @@ def profile_model(model: nn.Module, model_name: str, device: str = "cpu", batch:
     """Time every sub-network (or ``subnets``) of ``model`` and return the profile (see the module docstring).
 
     Args:
-        model: a super-network (moved to ``device`` and ``dtype``, put in eval mode).
+        model: a super-network (put in eval mode; a copy on ``device`` in ``dtype`` is timed when it is not
+            there already, so the caller's model keeps its device and dtype).
         model_name: what the profile is keyed by (the arch or the checkpoint name).
         device, batch, dtype, mode, backend: the settings measured under (``mode``: one of ``MODES``).
         rounds, warmup: interleaved timed rounds and untimed warm-up calls per sub-network.
@@ -106,7 +108,10 @@ def profile_model(model: nn.Module, model_name: str, device: str = "cpu", batch:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeployError("device 'cuda' is not available here (torch.cuda.is_available() is False); use cpu")
     subnets = check_subnets(model, subnets)
-    model = model.to(device=dev, dtype=torch_dtype).eval()
+    weight = next(model.parameters())
+    if weight.device != dev or weight.dtype != torch_dtype:  # time a copy: the caller's model stays as it is
+        model = copy.deepcopy(model).to(device=dev, dtype=torch_dtype)
+    model = model.eval()
     from .model_source import example_input
 
     x = example_input(model, batch, dev, torch_dtype)

@@ -27,6 +27,16 @@ def test_profile_rows_cover_the_subnets_with_gmacs_and_conditions():
     json.dumps(prof)
 
 
+def test_profile_in_another_dtype_leaves_the_callers_model_as_it_was():
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prof = profiling.profile_model(model, "tiny", dtype="bf16", subnets=[(16, 1.0)], rounds=1, warmup=0,
+                                   progress=False)
+    assert prof["settings"]["dtype"] == "bf16" and len(prof["rows"]) == 1
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_compile_mode_gives_the_eager_logits():
     model = tiny_model()
     x = torch.randn(2, 1, 16, 16)

@@ -72,22 +72,11 @@ def published_table(arch: str) -> dict:
     """The published ImageNet-1k top-1 of ``arch``, labelled as such (the fallback for released checkpoints)."""
     from supervit import models
 
-    accessor = getattr(models, "published_accuracy", None)
-    published = accessor(arch) if accessor is not None else None
-    if not published:
+    try:
+        published = models.published_accuracy(arch)  # {(img_size, keep_ratio): top-1}
+    except ValueError:
         raise DeployError(f"no published accuracy table for model {arch!r}; pass --results results.json or a "
-                          "checkpoint that carries its evaluation")
-    if isinstance(published, dict):  # {(img_size, keep_ratio) or "224_0.7": acc1}
-        rows = []
-        for key, acc in published.items():
-            size, ratio = key if isinstance(key, tuple) else str(key).split("_")
-            rows.append({"img_size": size, "keep_ratio": ratio, "acc1": acc})
-    else:
-        rows = list(published)
+                          "checkpoint that carries its evaluation") from None
+    rows = [{"img_size": size, "keep_ratio": ratio, "acc1": acc} for (size, ratio), acc in published.items()]
     return make_table(rows, "published", f"published ImageNet-1k top-1 of {arch} (not measured here)",
                       dataset="ImageNet-1k val")
-
-
-def accuracy_of(table: dict) -> dict:
-    """{(img_size, keep_ratio): acc1} of a table."""
-    return {(r["img_size"], r["keep_ratio"]): r["acc1"] for r in table["rows"]}

@@ -65,20 +65,9 @@ class Subnet(nn.Module):
         net.requires_grad_(False)
         self.net = net
         self.with_kept = bool(with_kept)
-        self._kept: list[torch.Tensor] = []
-        if self.with_kept:
-            for i in net.prune_layers:
-                net.blocks[i].register_forward_hook(self._record_kept)
-
-    def _record_kept(self, _block, _inputs, output):
-        idx = output[1]  # Block returns (x, idx or None)
-        if idx is not None:
-            self._kept.append(idx)
 
     def forward(self, x: torch.Tensor):
-        self._kept = []
-        logits = self.net(x, img_size=self.img_size, keep_ratio=self.keep_ratio)
         if not self.with_kept:
-            return logits
-        kept, self._kept = self._kept, []
-        return (logits, *kept)
+            return self.net(x, img_size=self.img_size, keep_ratio=self.keep_ratio)
+        tokens, kept = self.net.forward_trace(x, self.img_size, self.keep_ratio)
+        return (self.net.forward_head(tokens), *kept)

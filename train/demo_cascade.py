@@ -11,6 +11,7 @@ import os
 
 from supervit.deploy.cascade_study import format_study, format_timing, study, time_study
 from supervit.deploy.cli_common import model_gmacs
+from supervit.deploy.files import atomic_target
 
 from . import digits, report
 
@@ -36,7 +37,7 @@ def report_cascade(model, output_dir: str | None, budget_ratio: float = 0.8, dat
     print(format_study(res))
     print(format_timing(res) + "\n", flush=True)
     if output_dir:
-        with open(os.path.join(output_dir, "cascade.json"), "w") as handle:
+        with atomic_target(os.path.join(output_dir, "cascade.json")) as tmp, open(tmp, "w") as handle:
             json.dump(res, handle, indent=1, default=float)
         results = os.path.join(output_dir, "results.json")
         if os.path.exists(results):

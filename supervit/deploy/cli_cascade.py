@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 
 import torch
@@ -13,6 +12,7 @@ from . import cascade as casc
 from . import cli_common
 from .cascade_study import format_study, format_timing, study, time_study
 from .errors import DeployError
+from .files import atomic_target
 from .model_source import load_source
 
 
@@ -74,12 +74,8 @@ def _image_folder(path: str, model, limit: int):
 
 
 def _write_json(obj, path: str):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as handle:
+    with atomic_target(path, make_folder=True) as tmp, open(tmp, "w") as handle:
         json.dump(obj, handle, indent=1, default=float)
-    os.replace(tmp, path)
 
 
 def main(args) -> int:

@@ -9,9 +9,7 @@ failure nothing is left behind.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -20,6 +18,7 @@ from torch import nn
 
 from ..kernels import export_decompositions
 from .errors import DeployError
+from .files import atomic_target
 from .runners import FORMATS, load_runner
 from .subnet import Subnet, check_subnet
 
@@ -97,24 +96,6 @@ def export_program(model: nn.Module, img_size: int, keep_ratio: float, batch: in
     return export_decompositions.to_core_aten(program), subnet
 
 
-@contextlib.contextmanager
-def _atomic_target(path: str):
-    """A temporary file name next to ``path`` (same suffix); renamed to ``path`` on success, removed on failure."""
-    folder, name = os.path.split(path)
-    suffix = os.path.splitext(name)[1]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial" + suffix)
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # the permissions of a plainly created file, not mkstemp's 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_program(program: torch.export.ExportedProgram, fmt: str, out, names: list[str] | None = None) -> str:
     """Write a core-ATen ``program`` (from ``export_program``) to ``out`` as ``fmt``, atomically; returns the path.
 
@@ -124,7 +105,7 @@ def write_program(program: torch.export.ExportedProgram, fmt: str, out, names: l
     if fmt not in FORMATS:
         raise DeployError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
     path = os.path.abspath(os.fspath(out))
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         if fmt == "pt2":
             torch.export.save(program, tmp)
         elif fmt == "aoti":

@@ -1,10 +1,8 @@
 """PNG plots of operating points (matplotlib, Agg backend): accuracy vs latency and vs GMACs, Pareto fronts drawn."""
 from __future__ import annotations
 
-import os
-import tempfile
-
 from .choose import pareto_front
+from .files import atomic_target
 
 
 def _panel(ax, points, cost, xlabel, chosen=None, budget=None, cascade=None):
@@ -56,17 +54,11 @@ def plot_operating_points(points: list[dict], path: str, title: str, chosen: dic
         _panel(ax, points, cost, xlabel, chosen, budget[1] if budget and budget[0] == cost else None, curve)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_target(path, make_folder=True) as tmp:
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 
 import torch
 from torch import nn
@@ -22,6 +21,7 @@ from torch import nn
 from . import timing
 from ..kernels.dispatch import forced_backend
 from .errors import DeployError
+from .files import atomic_target
 
 MODES = ("eager", "compile", "cuda-graph")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -152,17 +152,8 @@ def save_profile(profile: dict, path: str) -> None:
     """Add (or replace) ``profile`` under its key in ``path``; written to a temp file, then renamed."""
     profiles = read_profiles(path)
     profiles[profile["key"]] = profile
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"profiles": profiles}, handle, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_target(path, make_folder=True) as tmp, open(tmp, "w") as handle:
+        json.dump({"profiles": profiles}, handle, indent=1)
 
 
 def find_profile(path: str, key: str) -> dict | None:

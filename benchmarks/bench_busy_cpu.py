@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -131,19 +130,19 @@ def main(argv=None) -> int:
                               load_after=harness.load_average())
     rows = []
     for backend, kind in dict.fromkeys((b, k) for b, k, _ in times):
-        idle = statistics.median(times[(backend, kind, "idle")]) * 1e3
-        busy = statistics.median(times[(backend, kind, "busy")]) * 1e3
-        rows.append({**cond, "backend": backend, "kind": kind, "idle_ms": idle, "busy_ms": busy,
-                     "busy_over_idle": busy / idle,
-                     "idle_min_ms": min(times[(backend, kind, "idle")]) * 1e3,
-                     "busy_max_ms": max(times[(backend, kind, "busy")]) * 1e3,
+        idle, busy = (harness.summarize(times[(backend, kind, load)]) for load in ("idle", "busy"))
+        rows.append({**cond, "backend": backend, "kind": kind, "idle_ms": idle["median_ms"],
+                     "busy_ms": busy["median_ms"], "busy_over_idle": busy["median_ms"] / idle["median_ms"],
+                     "idle_min_ms": idle["min_ms"], "busy_max_ms": busy["max_ms"],
+                     "idle_rel_spread": idle["rel_spread"], "busy_rel_spread": busy["rel_spread"],
+                     "noisy": idle["noisy"] or busy["noisy"],
                      "load_max_during": max(x for x in loads if x is not None) if any(loads) else None})
     for row in rows:
         ref = next(r for r in rows if r["backend"] == "reference" and r["kind"] == row["kind"])
         row["reference_over_this_busy"] = ref["busy_ms"] / row["busy_ms"]
     out = harness.run_folder(CPU, args.out)
     columns = ["backend", "kind", "idle_ms", "busy_ms", "busy_over_idle", "reference_over_this_busy", "idle_min_ms",
-               "busy_max_ms", "threads", "load_before", "load_after", "load_max_during", "device", "torch", "command"]
+               "busy_max_ms", "idle_rel_spread", "busy_rel_spread", "noisy", "threads", "load_before", "load_after", "load_max_during", "device", "torch", "command"]
     csv_path, md_path = harness.write_rows(rows, out, "busy_cpu", columns)
     plot(rows, os.path.join(out, "busy_cpu.png"))
     for r in rows:

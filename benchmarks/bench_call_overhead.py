@@ -63,34 +63,25 @@ def call_candidates(tokens: int = 65, channels: int = 384, heads: int = 6):
 CALLS_PER_SAMPLE = 50
 
 
-def thread_seconds_per_call(fn) -> float:
-    """CPU time of the calling thread per call of ``fn`` over CALLS_PER_SAMPLE calls: host work only, not the
-    time the thread spends descheduled, so other processes' load does not enter (run with --threads 1)."""
-    start = time.thread_time()
-    for _ in range(CALLS_PER_SAMPLE):
-        fn()
-    return (time.thread_time() - start) / CALLS_PER_SAMPLE
-
-
 def measure_calls(rounds: int) -> list[dict]:
+    """Thread CPU time per call of each op's candidates (interleaved rounds of CALLS_PER_SAMPLE calls each)."""
     rows = []
     for op, (candidates, backend) in call_candidates().items():
-        for fn in candidates.values():
-            fn()
-        load_before = harness.load_average()
-        samples = {name: [] for name in candidates}
-        for r in range(rounds):  # interleaved, the order rotating
-            names = list(candidates)[r % len(candidates):] + list(candidates)[:r % len(candidates)]
-            for name in names:
-                samples[name].append(thread_seconds_per_call(candidates[name]))
-        cond = harness.conditions(CPU, dtype=torch.float32, batch=1, backend=backend, mode="eval, thread CPU time",
-                                  load_before=load_before, load_after=harness.load_average())
-        stats = {name: harness.summarize(s) for name, s in samples.items()}
+        repeated = {name: (lambda fn=fn: [fn() for _ in range(CALLS_PER_SAMPLE)]) for name, fn in candidates.items()}
+        # host work only: the thread's CPU time, not the time it spends descheduled (run with --threads 1)
+        samples, cond = harness.measure(repeated, CPU, dtype=torch.float32, batch=1, backend=backend,
+                                        mode="eval, thread CPU time", rounds=rounds, warmup=1, clock=time.thread_time)
+        stats = {name: per_call(s) for name, s in samples.items()}
         base = stats["backend"]["median_ms"]
         for name, s in stats.items():
             rows.append({**cond, "section": "calls", "case": op, "impl": name, "us_per_call": 1e3 * s["median_ms"],
                          "overhead_us": 1e3 * (s["median_ms"] - base), **s})
     return rows
+
+
+def per_call(stats: dict) -> dict:
+    """``stats`` of CALLS_PER_SAMPLE calls scaled to one call (every *_ms figure; spreads are ratios already)."""
+    return {k: v / CALLS_PER_SAMPLE if k.endswith("_ms") else v for k, v in stats.items()}
 
 
 def measure_subnets(rounds: int) -> list[dict]:

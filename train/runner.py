@@ -13,7 +13,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from supervit.models import load_checkpoint, model_config
+from supervit.models import has_ema_weights, load_checkpoint, model_config
 
 from . import checkpointing, data as data_lib, model_source, report
 from .cli import UsageError
@@ -94,9 +94,8 @@ def dataset_label(args, split: str = "val") -> str:
 
 def run_eval_only(args, recipe, model, info, amp, ckpt):
     """``--eval --resume CKPT``: only the val set and a checkpoint; prints and writes the sub-network table."""
-    has_ema = any(isinstance(ckpt.get(k), dict) for k in ("model_ema", "state_dict_ema"))
-    use_ema = recipe.eval_only_prefers_ema and has_ema
-    load_checkpoint(model, args.resume, use_ema=use_ema)
+    use_ema = recipe.eval_only_prefers_ema and has_ema_weights(ckpt)
+    load_checkpoint(model, args.resume, use_ema=use_ema, checkpoint=ckpt)
     eval_set = data_lib.guard_images(recipe.eval_set(model), strict=args.strict_data, drop=True)
     loader = eval_loader(eval_set, info, args)
     metrics = evaluate(model, loader, model_source.chosen_subnets(args, model, training=False), amp, info,

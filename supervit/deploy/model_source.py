@@ -48,7 +48,9 @@ def _build(checkpoint: dict, path: str) -> tuple[nn.Module, bool]:
 
 
 def _prefers_ema(checkpoint: dict, table: dict | None) -> bool:
-    has_ema = any(isinstance(checkpoint.get(k), dict) for k in ("model_ema", "state_dict_ema"))
+    from supervit.models import has_ema_weights
+
+    has_ema = has_ema_weights(checkpoint)
     if table is not None and table.get("ema") is not None:
         return bool(table["ema"]) and has_ema
     return has_ema and "state_dict_ema" in checkpoint  # the LV-ViT recipe evaluates its EMA weights

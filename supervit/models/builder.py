@@ -7,7 +7,7 @@ import torch
 from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
 
-from .checkpoint import convert_plain_vit_state_dict, extract_state_dict, read_checkpoint
+from .checkpoint import convert_plain_vit_state_dict, extract_state_dict, has_ema_weights, read_checkpoint
 from .pretrained import RELEASED_WEIGHTS
 
 # Which weights of a released file ``pretrained=True`` takes by default: each recipe's evaluated weights
@@ -34,8 +34,7 @@ def _pretrained_state_dict(variant: str, kwargs: dict, use_ema: bool | None) -> 
                          "pretrained_cfg_overlay=dict(file=PATH)")
     checkpoint = read_checkpoint(cfg.file)
     if use_ema is None:
-        use_ema = PRETRAINED_EMA[variant] and any(
-            isinstance(checkpoint.get(k), dict) for k in ("model_ema", "state_dict_ema"))
+        use_ema = PRETRAINED_EMA[variant] and has_ema_weights(checkpoint)
     return extract_state_dict(checkpoint, use_ema=use_ema)
 
 

@@ -134,15 +134,22 @@ _FORMATS = {"model": "deit-script", "model_ema": "deit-script", "state_dict": "t
             "state_dict_ema": "timm-saver", None: "state-dict"}
 
 
-def load_checkpoint(model, path, use_ema: bool = False, strict: bool = True) -> LoadedCheckpoint:
+def has_ema_weights(checkpoint) -> bool:
+    """Whether a checkpoint dict holds EMA weights (the DeiT script's ``model_ema``, timm's ``state_dict_ema``)."""
+    return isinstance(checkpoint, dict) and any(isinstance(checkpoint.get(k), dict) for k in _STATE_KEYS_EMA)
+
+
+def load_checkpoint(model, path, use_ema: bool = False, strict: bool = True,
+                    checkpoint: dict | None = None) -> LoadedCheckpoint:
     """Load a released (or our own) checkpoint into ``model``; returns a ``LoadedCheckpoint`` summary.
 
     A plain ViT checkpoint (single ``pos_embed``) is converted with ``convert_plain_vit_state_dict``. Use
-    ``read_checkpoint`` for the other entries of the file (optimizer, args, ...).
+    ``read_checkpoint`` for the other entries of the file (optimizer, args, ...); a caller that has read it
+    already passes that dict as ``checkpoint`` so the file is not read twice.
     Raises ``CheckpointError`` naming the file on unreadable files, and on missing/unexpected/ill-shaped tensors
     when ``strict``.
     """
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
     key = weights_key(checkpoint, use_ema)
     state = extract_state_dict(checkpoint, use_ema=use_ema)
     plain = "pos_embed" in state and "pos_embed_list.0" not in state

@@ -22,15 +22,9 @@ TIMM_BASELINE = "deit_small_patch16_224"
 
 def _graph_of(fn, example):
     """(replay callable) of ``fn(example)`` captured as a CUDA graph after a warm-up on a side stream."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.inference_mode(), torch.cuda.stream(stream):
-        for _ in range(3):
-            fn(example)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph):
-        fn(example)
+    from supervit.deploy.cuda_graph import capture_graph
+
+    graph, _ = capture_graph(lambda: fn(example), example.device)
     return graph.replay
 
 

@@ -27,6 +27,22 @@ def _check_cuda(model: nn.Module) -> torch.device:
     return device
 
 
+def capture_graph(fn, device: torch.device, warmup: int = 3):
+    """(CUDA graph, its static output) of ``fn()``, captured in inference mode after ``warmup`` eager calls on a
+    side stream (lazy initialisation, autotuning and the allocator settle outside the capture)."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        output = fn()
+    torch.cuda.synchronize(device)
+    return graph, output
+
+
 class CudaGraphSubnet:
     """Sub-network ``(img_size, keep_ratio)`` of ``model`` captured as a CUDA graph at a fixed input.
 
@@ -49,16 +65,7 @@ class CudaGraphSubnet:
         self.model, self.subnet = model, model._check_subnet(img_size, keep_ratio)
         side = model.img_sizes[-1]
         self.static_input = torch.zeros(batch, model.in_chans, side, side, device=self.device, dtype=dtype)
-        self.graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.inference_mode(), torch.cuda.stream(stream):  # warm-up outside the default stream
-            for _ in range(warmup):
-                self._forward()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        with torch.inference_mode(), torch.cuda.graph(self.graph):
-            self.static_output = self._forward()
-        torch.cuda.synchronize(self.device)
+        self.graph, self.static_output = capture_graph(self._forward, self.device, warmup)
 
     def _forward(self) -> torch.Tensor:
         return self.model(self.static_input, img_size=self.subnet[0], keep_ratio=self.subnet[1])

@@ -109,36 +109,42 @@ class OpSpec:
         backend_fn: the name of the backend function that runs it (the ``Backend`` member).
         schema: its ``torch.library`` schema, arguments and returns.
         fake: its fake implementation (output metadata from input metadata).
-        case: the ``Case`` of one call, from the call's arguments.
+        case_fields: the fields of one call's ``Case``, from the call's arguments, as a plain tuple (it hashes and
+            compares equal to the ``Case``, and costs a fraction of building one: the dispatcher looks it up on
+            every call).
     """
 
     name: str
     backend_fn: str
     schema: str
     fake: Callable
-    case: Callable[..., Case]
+    case_fields: Callable[..., tuple]
+
+    def case(self, *args) -> Case:
+        """The ``Case`` of a call with ``args``."""
+        return Case(*self.case_fields(*args))
 
 
 OPS: dict[str, OpSpec] = {spec.backend_fn: spec for spec in (
     OpSpec("attention", "attention_forward",
            "(Tensor q, Tensor k, Tensor v, float scale, bool return_cls_score) -> (Tensor, Tensor, Tensor)",
            _attention_fake,
-           lambda q, k, v, *_: Case(q.device.type, q.dtype, q.shape[2], q.shape[3], q.numel() == 0)),
+           lambda q, k, v, *_: (q.device.type, q.dtype, q.shape[2], q.shape[3], q.numel() == 0)),
     OpSpec("attention_backward", "attention_backward",
            "(Tensor grad_out, Tensor grad_score, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale,"
            " bool has_score_grad) -> (Tensor, Tensor, Tensor)",
            _attention_backward_fake,
-           lambda grad_out, grad_score, q, *_: Case(q.device.type, q.dtype, q.shape[2], q.shape[3], q.numel() == 0)),
+           lambda grad_out, grad_score, q, *_: (q.device.type, q.dtype, q.shape[2], q.shape[3], q.numel() == 0)),
     OpSpec("keep_topk", "keep_topk", "(Tensor score, int k) -> Tensor", _keep_topk_fake,
-           lambda score, k: Case(score.device.type, score.dtype, score.shape[1] + 1, 0, score.numel() == 0)),
+           lambda score, k: (score.device.type, score.dtype, score.shape[1] + 1, 0, score.numel() == 0)),
     OpSpec("gather_tokens", "gather_tokens", "(Tensor x, Tensor idx) -> Tensor", _gather_tokens_fake,
-           lambda x, idx: Case(x.device.type, x.dtype, x.shape[1], 0, x.numel() == 0)),
+           lambda x, idx: (x.device.type, x.dtype, x.shape[1], 0, x.numel() == 0)),
     OpSpec("gather_tokens_backward", "gather_tokens_backward",
            "(Tensor grad_kept, Tensor idx, int num_tokens) -> Tensor", _gather_tokens_backward_fake,
-           lambda g, idx, n: Case(g.device.type, g.dtype, n, 0, g.numel() == 0)),
+           lambda g, idx, n: (g.device.type, g.dtype, n, 0, g.numel() == 0)),
     OpSpec("prune_tokens", "prune_tokens_forward", "(Tensor x, Tensor score, int k) -> (Tensor, Tensor)",
            _prune_tokens_fake,
-           lambda x, score, k: Case(x.device.type, score.dtype, x.shape[1], 0, x.numel() == 0)),
+           lambda x, score, k: (x.device.type, score.dtype, x.shape[1], 0, x.numel() == 0)),
 )}
 """The contract's ops by backend function name."""
 

@@ -77,14 +77,15 @@ def select_backend(device: torch.device | str) -> Backend:
     return (_candidates(_forced(), device) or [reference])[0]
 
 
-def backend_for(op: str, case: Case) -> Backend:
+def backend_for(op: str, case: Case | tuple) -> Backend:
     """The backend that runs ``op`` (a key of ``contract.OPS``) on ``case``: the first candidate that supports
-    it, else the reference."""
+    it, else the reference. ``case`` may also be the plain tuple of its fields (``OpSpec.case_fields``)."""
     key = (os.environ.get("SUPERVIT_BACKEND", ""), op, case)
     backend = _chosen.get(key)
     if backend is None:
         if op not in OPS:
             raise ValueError(f"op must be one of {tuple(OPS)}, got {op!r}")
+        case = Case(*case)
         backend = next((b for b in _candidates(_forced(), case.device_type) if b.supports(op, case)), reference)
         if len(_chosen) >= _MAX_CHOICES:
             _chosen.clear()

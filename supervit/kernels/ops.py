@@ -23,10 +23,10 @@ def _register(backend_fn: str):
     """(the ``supervit::`` custom op of ``contract.OPS[backend_fn]``, its implementation): the backend chosen
     per call runs it."""
     spec: OpSpec = OPS[backend_fn]
-    case_of = spec.case
+    fields_of = spec.case_fields
 
     def run(*args):
-        return getattr(backend_for(backend_fn, case_of(*args)), backend_fn)(*args)
+        return getattr(backend_for(backend_fn, fields_of(*args)), backend_fn)(*args)
 
     run.__name__ = run.__qualname__ = spec.name
     op = torch.library.custom_op(f"supervit::{spec.name}", run, mutates_args=(), schema=spec.schema)
@@ -116,14 +116,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, retur
         out [B, H, N, D], or (out, score) when ``return_cls_score``. ``out`` is stored token-major
         (``out.transpose(1, 2)`` is contiguous), so ``out.transpose(1, 2).reshape(B, N, H * D)`` is a free view.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check.check_tensor(name, t, 4, layout="[B, H, N, D]")
-    if not q.shape == k.shape == v.shape:
-        raise ValueError(f"q, k, v must have one shape [B, H, N, D], got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
-    if not q.dtype == k.dtype == v.dtype:
-        raise ValueError(f"q, k, v must have one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    check.check_same_device(q=q, k=k, v=v)
+    check.check_qkv(q, k, v)
     if return_cls_score and q.shape[2] < 2:
         raise ValueError(f"return_cls_score needs N >= 2 tokens (CLS + patches), got N = {q.shape[2]}")
     scale = q.shape[-1] ** -0.5 if scale is None else check.check_scale(scale)
@@ -172,12 +165,6 @@ def prune_tokens(x: Tensor, score: Tensor, keep_ratio: float) -> tuple[Tensor, T
     Returns:
         (x_kept [B, k+1, C], idx [B, k] int64 into the patch tokens).
     """
-    check.check_tensor("x", x, 3, layout="[B, N, C]")
-    check.check_tensor("score", score, 2, layout="[B, N-1]")
-    check.check_same_device(x=x, score=score)
-    if score.shape != (x.shape[0], x.shape[1] - 1):
-        raise ValueError(f"score must have shape [B, N-1] = {(x.shape[0], x.shape[1] - 1)}, got {tuple(score.shape)}")
-    if x.shape[1] < 2:
-        raise ValueError(f"x must hold CLS and at least one patch token (N >= 2), got N = {x.shape[1]}")
+    check.check_prune_inputs(x, score)
     k = keep_count(x.shape[1], check.check_keep_ratio(keep_ratio))
     return (_run_prune_tokens if _nothing_to_record(x, score) else _prune_tokens)(x, score, k)

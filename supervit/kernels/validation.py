@@ -21,6 +21,36 @@ def check_tensor(name: str, t, rank: int, dtypes=FLOAT_DTYPES, layout: str = "")
         raise ValueError(f"{name} dtype must be one of ({names}), got {str(t.dtype).replace('torch.', '')}")
 
 
+def check_qkv(q, k, v) -> None:
+    """q, k, v: tensors [B, H, N, D] of one shape, one floating dtype and one device."""
+    if (type(q) is type(k) is type(v) is torch.Tensor and q.dim() == 4 and q.shape == k.shape == v.shape
+            and q.dtype == k.dtype == v.dtype and q.dtype in FLOAT_DTYPES and q.device == k.device == v.device):
+        return  # the common case, checked in one expression (a batch-1 call is a few dozen microseconds)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, 4, layout="[B, H, N, D]")
+    if not q.shape == k.shape == v.shape:
+        raise ValueError(f"q, k, v must have one shape [B, H, N, D], got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must have one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    check_same_device(q=q, k=k, v=v)
+
+
+def check_prune_inputs(x, score) -> None:
+    """x [B, N, C] tokens (N >= 2) and score [B, N-1], floating, on one device."""
+    if (type(x) is type(score) is torch.Tensor and x.dim() == 3 and x.dtype in FLOAT_DTYPES
+            and score.dtype in FLOAT_DTYPES and x.device == score.device and x.shape[1] >= 2
+            and score.shape == (x.shape[0], x.shape[1] - 1)):
+        return  # the common case, checked in one expression
+    check_tensor("x", x, 3, layout="[B, N, C]")
+    check_tensor("score", score, 2, layout="[B, N-1]")
+    check_same_device(x=x, score=score)
+    if score.shape != (x.shape[0], x.shape[1] - 1):
+        raise ValueError(f"score must have shape [B, N-1] = {(x.shape[0], x.shape[1] - 1)}, got {tuple(score.shape)}")
+    if x.shape[1] < 2:
+        raise ValueError(f"x must hold CLS and at least one patch token (N >= 2), got N = {x.shape[1]}")
+
+
 def check_same_device(**tensors) -> None:
     """All tensors on one device."""
     devices = {name: t.device for name, t in tensors.items()}

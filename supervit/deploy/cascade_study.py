@@ -5,6 +5,7 @@ accurate one on the calibration half (ties: the cheaper); the default budget is 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,7 +21,7 @@ def _acc(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def study(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, gmacs: dict, budget_ratio: float = 0.8,
           budget: float | None = None, costs: dict | None = None, cost_name: str = "gmacs", seed: int = 0,
           max_stages: int = 2, confidences=casc.CONFIDENCES, stage_pool: str = "pareto", batch_size: int = 256,
-          curve_ratios=(0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), progress: bool = False) -> dict:
+          curve_ratios=(0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), splits: int = 0, progress: bool = False) -> dict:
     """Static sub-networks and the fitted cascade on two fixed stratified halves of (images, labels).
 
     Args:
@@ -29,16 +30,18 @@ def study(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, gmacs: d
         budget: an absolute mean-cost budget instead (in ``cost_name`` units).
         costs: per-image cost to fit against ({(s, r): ms per image} for a latency budget); GMACs by default.
         curve_ratios: budget fractions whose fitted cascades form the curve drawn over the static points.
+        splits: also fit and score the cascade on this many other splits (``split_study``; GMACs budgets only).
     Returns a dict: ``static`` rows (cal/test top-1, GMACs), ``reference``, ``budget``, ``cascade`` (the fit),
-    ``test`` (the cascade really run on the test half), ``curve`` (test top-1 / mean GMACs per budget fraction).
+    ``test`` (the cascade really run on the test half), ``curve`` (test top-1 / mean GMACs per budget fraction),
+    and ``splits`` when asked.
     """
     costs = costs or gmacs
     if labels.shape[0] < 4:
         raise DeployError(f"the labelled set has {labels.shape[0]} images; a cascade study needs at least 4")
     cal, test = casc.stratified_halves(labels, seed)
     subnets = model.subnets()
-    out_cal = casc.stage_outputs(model, images[cal], subnets, batch_size, progress)
-    out_test = casc.stage_outputs(model, images[test], subnets, batch_size, progress)
+    outputs = casc.stage_outputs(model, images, subnets, batch_size, progress)  # every image, once
+    out_cal, out_test = ({s: o[half] for s, o in outputs.items()} for half in (cal, test))
     y_cal, y_test = labels[cal], labels[test]
     static = [{"img_size": s, "keep_ratio": r, "gmacs": gmacs[(s, r)], "cost": costs[(s, r)],
                "cal_acc1": _acc(out_cal[(s, r)], y_cal), "test_acc1": _acc(out_test[(s, r)], y_test)}
@@ -68,9 +71,85 @@ def study(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, gmacs: d
         curve.append({"budget_ratio": ratio, "acc1": float(sim["acc1"][0]), "gmacs": float(sim["cost"][0]),
                       "stages": [list(s) for s in fit.stages], "thresholds": fit.thresholds})
     best_test = max(static, key=lambda p: (p["test_acc1"], -p["gmacs"]))
-    return {"static": static, "reference": reference, "best_on_test": best_test, "budget": {cost_name: limit},
-            "cascade": fitted.to_dict(), "test": result, "curve": curve,
-            "halves": {"calibration": int(cal.numel()), "test": int(test.numel()), "seed": seed}}
+    res = {"static": static, "reference": reference, "best_on_test": best_test, "budget": {cost_name: limit},
+           "cascade": fitted.to_dict(), "test": result, "curve": curve,
+           "halves": {"calibration": int(cal.numel()), "test": int(test.numel()), "seed": seed}}
+    if splits:
+        if costs is not gmacs:
+            raise DeployError("re-drawn splits (--splits) are fitted to GMACs budgets only; drop --budget-ms")
+        res["splits"] = split_study(outputs, labels, gmacs, range(seed + 1, seed + 1 + splits), budget_ratio,
+                                    budget, max_stages, confidences, stage_pool)
+    return res
+
+
+def split_study(outputs: dict, labels: torch.Tensor, gmacs: dict, seeds, budget_ratio: float = 0.8,
+                budget: float | None = None, max_stages: int = 2, confidences=casc.CONFIDENCES, stage_pool: str = "pareto",
+                tolerance: float = 0.5, max_gmacs_ratio: float = 0.8) -> dict:
+    """How the fitted cascade generalizes: fit and evaluate it again on the stratified halves of other seeds.
+
+    On every split the reference is the most accurate sub-network on its calibration half and the budget
+    ``budget_ratio`` x its GMACs (or the fixed ``budget``), as ``study`` does. Each row compares the cascade's test-half top-1 with that
+    reference and with the best static sub-network on the test half (the best of 12 on the very images scored:
+    an optimistic yardstick, since it is picked after seeing them). ``summary`` has the mean, median and the
+    10th/90th percentiles of both gaps (over the splits where some cascade fits the budget; ``unfit_seeds`` lists the
+    others) and how many splits reach ``tolerance`` points of the best on the test half
+    at no more than ``max_gmacs_ratio`` x its GMACs.
+
+    Args:
+        outputs: {(s, r): logits [N, K]} of every image (``cascade.stage_outputs``).
+        labels: [N] labels.
+        seeds: split seeds (``cascade.stratified_halves``).
+    """
+    rows, unfit = [], []
+    for seed in seeds:
+        cal, test = casc.stratified_halves(labels, seed)
+        y_cal, y_test = labels[cal], labels[test]
+        cal_acc = {s: _acc(o[cal], y_cal) for s, o in outputs.items()}
+        test_acc = {s: _acc(o[test], y_test) for s, o in outputs.items()}
+        reference = max(outputs, key=lambda s: (cal_acc[s], -gmacs[s]))
+        best = max(outputs, key=lambda s: (test_acc[s], -gmacs[s]))
+        limit = budget if budget is not None else budget_ratio * gmacs[reference]
+        try:
+            fit = casc.fit_cascade({s: o[cal] for s, o in outputs.items()}, y_cal, gmacs, limit, max_stages,
+                                   confidences, stage_pool=stage_pool)
+        except DeployError:  # the budget is below the cheapest sub-network on this split
+            unfit.append(seed)
+            continue
+        sim = casc.simulate({s: o[test] for s, o in outputs.items()}, y_test, fit.stages, [fit.thresholds],
+                            fit.confidence, gmacs)
+        acc, spent = float(sim["acc1"][0]), float(sim["cost"][0])
+        rows.append({"seed": seed, "stages": [list(s) for s in fit.stages], "acc1": acc, "mean_gmacs": spent,
+                     "reference": list(reference), "reference_acc1": test_acc[reference],
+                     "best_on_test": list(best), "best_acc1": test_acc[best],
+                     "gap_to_reference": acc - test_acc[reference], "gap_to_best": acc - test_acc[best],
+                     "reference_gap_to_best": test_acc[reference] - test_acc[best],
+                     "gmacs_ratio_to_best": spent / gmacs[best]})
+    if not rows:
+        raise DeployError(f"no cascade fits the budget on any of the splits {list(seeds)}; raise the budget")
+    summary = {"splits": len(rows), "unfit_seeds": unfit, "tolerance": tolerance, "max_gmacs_ratio": max_gmacs_ratio,
+               "within_tolerance_of_best": sum(r["gap_to_best"] >= -tolerance - 1e-9
+                                               and r["gmacs_ratio_to_best"] <= max_gmacs_ratio for r in rows)}
+    for key in ("gap_to_reference", "gap_to_best", "reference_gap_to_best", "gmacs_ratio_to_best"):
+        values = np.array([r[key] for r in rows])
+        summary[key] = {"mean": float(values.mean()), "median": float(np.median(values)),
+                        "p10": float(np.quantile(values, 0.1)), "p90": float(np.quantile(values, 0.9))}
+    return {"rows": rows, "summary": summary}
+
+
+def format_split_study(splits: dict) -> str:
+    """Three lines: the cascade's gaps over the re-drawn splits."""
+    sm = splits["summary"]
+
+    def line(key):
+        return f"mean {sm[key]['mean']:+.2f}, median {sm[key]['median']:+.2f}, 10-90% {sm[key]['p10']:+.2f}.." \
+               f"{sm[key]['p90']:+.2f}"
+
+    return (f"over {sm['splits']} other stratified splits (fitted and scored again on each): top-1 gap to the "
+            f"reference {line('gap_to_reference')} points;\n  to the best static on the test half (picked after "
+            f"seeing it) {line('gap_to_best')} points (the reference's own: {line('reference_gap_to_best')});\n  "
+            f"within {sm['tolerance']:g} of it at <= {sm['max_gmacs_ratio']:g}x its GMACs on "
+            f"{sm['within_tolerance_of_best']}/{sm['splits']} splits"
+            + (f" ({len(sm['unfit_seeds'])} more splits: nothing fits the budget)" if sm["unfit_seeds"] else ""))
 
 
 def time_against_static(model: nn.Module, cascade: casc.Cascade, static: tuple, images: torch.Tensor,

@@ -10,7 +10,7 @@ import torch
 
 from . import cascade as casc
 from . import cli_common
-from .cascade_study import format_study, format_timing, study, time_study
+from .cascade_study import format_split_study, format_study, format_timing, study, time_study
 from .errors import DeployError
 from .files import atomic_target
 from .model_source import load_source
@@ -35,6 +35,8 @@ def add_arguments(parser) -> None:
                      help="stages from the calibration Pareto front, or from every sub-network")
     fit.add_argument("--budget-ms", type=float, default=None, help="mean latency budget per image (ms), from "
                      "the profile at --batch (per-image latency = batch latency / batch)")
+    fit.add_argument("--splits", type=int, default=0, help="also fit and score the cascade again on this many "
+                     "other stratified splits and summarize its gaps (how well the fit generalizes)")
     parser.add_argument("--time", action="store_true", help="also time the cascade against the reference "
                         "sub-network on one test batch (interleaved rounds)")
     cli_common.add_timing_arguments(parser)
@@ -83,6 +85,8 @@ def main(args) -> int:
         raise DeployError("give exactly one of --tensors FILE or --data DIR (the labelled images)")
     if args.batch < 1:
         raise DeployError(f"--batch must be >= 1, got {args.batch}")
+    if args.splits < 0:
+        raise DeployError(f"--splits must be >= 0, got {args.splits}")
     source = load_source(args.checkpoint, args.model, args.results)
     model = source.model.to(args.device)
     images, labels = _tensors(args.tensors) if args.tensors else _image_folder(args.data, model, args.limit)
@@ -97,8 +101,10 @@ def main(args) -> int:
         cost_name, budget = "latency_ms", args.budget_ms
     res = study(model, images, labels, gmacs, budget_ratio=args.budget_ratio, budget=budget, costs=costs,
                 cost_name=cost_name, seed=args.split_seed, max_stages=args.max_stages, confidences=kinds,
-                stage_pool=args.stage_pool, batch_size=args.batch, progress=not args.no_progress)
+                stage_pool=args.stage_pool, batch_size=args.batch, splits=args.splits, progress=not args.no_progress)
     print(format_study(res))
+    if args.splits:
+        print(format_split_study(res["splits"]))
     if args.time:
         time_study(model, res, images, labels, args.batch)
         print(format_timing(res))

@@ -102,6 +102,28 @@ def test_fit_finds_the_cascade_within_budget():
         casc.fit_cascade(outputs, labels, costs, budget=0.5)
 
 
+def test_split_study_refits_on_every_split_and_summarizes_the_gaps():
+    from supervit.deploy.cascade_study import format_split_study, split_study
+
+    outputs, labels, costs = _synthetic_outputs()
+    res = split_study(outputs, labels, costs, seeds=range(1, 6), budget_ratio=2.5 / 4.0)
+    rows, sm = res["rows"], res["summary"]
+    assert [r["seed"] for r in rows] == [1, 2, 3, 4, 5] and sm["splits"] == 5
+    for r in rows:  # the costly stage is always right, so it is the reference and the best; the cascade reaches it
+        assert r["reference"] == list(COSTLY) == r["best_on_test"] and r["stages"] == [list(CHEAP), list(COSTLY)]
+        assert r["gap_to_best"] == pytest.approx(r["acc1"] - r["best_acc1"]) and r["gap_to_best"] > -2.0
+        assert r["mean_gmacs"] <= 2.5 * 1.2 and r["gmacs_ratio_to_best"] == pytest.approx(r["mean_gmacs"] / 4.0)
+    gaps = [r["gap_to_reference"] for r in rows]
+    assert sm["gap_to_reference"]["mean"] == pytest.approx(sum(gaps) / 5) and sm["reference_gap_to_best"]["mean"] == 0
+    assert sm["within_tolerance_of_best"] == sum(r["gap_to_best"] >= -0.5 and r["gmacs_ratio_to_best"] <= 0.8
+                                                 for r in rows)
+    assert "over 5 other stratified splits" in format_split_study(res)
+    fixed = split_study(outputs, labels, costs, seeds=[1], budget=1.0)  # a fixed budget: only the cheap stage fits
+    assert fixed["rows"][0]["stages"] == [list(CHEAP)] and fixed["rows"][0]["mean_gmacs"] == 1.0
+    with pytest.raises(DeployError, match="no cascade fits the budget on any of the splits"):
+        split_study(outputs, labels, costs, seeds=[1, 2], budget=0.5)
+
+
 def test_stratified_halves_are_disjoint_balanced_and_fixed():
     labels = torch.arange(10).repeat_interleave(20)
     first, second = casc.stratified_halves(labels, seed=0)
@@ -128,6 +150,11 @@ def test_cascade_cli_on_tensors(tmp_path, capsys, tiny_checkpoint):
                         "--rounds", "1", "--warmup", "0", "--profile", str(tmp_path / "p.json"), "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "cascade fitted to mean latency_ms <= 1000" in out and "mean latency_ms)" in out
+    code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(data), "--splits", "3",
+                        "--budget-ratio", "1.0", "--no-progress"])
+    assert code == 0 and "over 3 other stratified splits" in capsys.readouterr().out
+    code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(data), "--splits", "-1"])
+    assert code == 2 and "--splits must be >= 0, got -1" in capsys.readouterr().err
     code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(data), "--budget-gmacs", "1e-9"])
     assert code == 2 and "below the cheapest sub-network (8, 0.5)" in capsys.readouterr().err
     code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint])

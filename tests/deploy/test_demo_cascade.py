@@ -31,6 +31,7 @@ def test_report_cascade_prints_and_redraws_the_plot(tmp_path, capsys, tiny_digit
                                       wall_time_batch=32)
     out = capsys.readouterr().out
     assert "cascade on the test half" in out and "wall time at batch 32" in out and "(reference)" in out
+    assert "over 20 other stratified splits" in out and len(res["splits"]["rows"]) == 20
     halves = res["halves"]
     assert halves["calibration"] + halves["test"] == 100 and abs(halves["calibration"] - halves["test"]) <= 10
     assert res["timing"]["conditions"]["batch"] == 32 and res["curve"]

@@ -98,18 +98,30 @@ def _exit_costs(conf: list[np.ndarray], thresholds: np.ndarray, costs: list[floa
     return exit_stage, cumulative[exit_stage].mean(axis=1)
 
 
-def simulate(outputs: dict, labels: torch.Tensor, stages, thresholds_grid, kind: str, costs: dict) -> dict:
-    """Accuracy and mean cost of the chain ``stages`` for each row of ``thresholds_grid`` [T, S-1], from
-    precomputed ``outputs`` (what ``Cascade.__call__`` would return, sample by sample)."""
+def _per_sample(outputs: dict, labels: torch.Tensor, kind: str) -> tuple[dict, dict]:
+    """({sub-network: correct [N] bool}, {sub-network: confidence [N]}) of precomputed ``outputs``."""
     y = labels.numpy()
-    correct = np.stack([(outputs[s].argmax(-1).numpy() == y) for s in stages])  # [S, N]
-    conf = [confidence(outputs[s], kind).numpy() for s in stages[:-1]]
-    grid = np.asarray(thresholds_grid, dtype=np.float64).reshape(len(thresholds_grid), len(stages) - 1)  # [T, S-1]
-    exit_stage, mean_cost = _exit_costs(conf, grid, [costs[s] for s in stages], len(y))
+    return ({s: o.argmax(-1).numpy() == y for s, o in outputs.items()},
+            {s: confidence(o, kind).numpy() for s, o in outputs.items()})
+
+
+def _simulate(correct: dict, conf: dict, stages, grid: np.ndarray, costs: dict) -> dict:
+    """``simulate`` from the per-sample tables of ``_per_sample`` and a threshold grid [T, S-1]."""
+    exit_stage, mean_cost = _exit_costs([conf[s] for s in stages[:-1]], grid, [costs[s] for s in stages],
+                                        len(correct[stages[0]]))
+    correct = np.stack([correct[s] for s in stages])  # [S, N]
     acc = 100.0 * np.take_along_axis(correct, exit_stage, axis=0).mean(axis=1)  # [T]
     fractions = np.stack([(exit_stage == i).mean(axis=1) for i in range(len(stages))], axis=1)  # [T, S]
     return {"acc1": acc, "cost": mean_cost, "exit_fractions": fractions,
             "thresholds": grid}
+
+
+def simulate(outputs: dict, labels: torch.Tensor, stages, thresholds_grid, kind: str, costs: dict) -> dict:
+    """Accuracy and mean cost of the chain ``stages`` for each row of ``thresholds_grid`` [T, S-1], from
+    precomputed ``outputs`` (what ``Cascade.__call__`` would return, sample by sample)."""
+    correct, conf = _per_sample({s: outputs[s] for s in stages}, labels, kind)
+    grid = np.asarray(thresholds_grid, dtype=np.float64).reshape(len(thresholds_grid), len(stages) - 1)  # [T, S-1]
+    return _simulate(correct, conf, list(stages), grid, costs)
 
 
 def _threshold_values(conf: np.ndarray, points: int) -> np.ndarray:
@@ -152,13 +164,15 @@ def fit_cascade(outputs: dict, labels: torch.Tensor, costs: dict, budget: float,
                           f"{subnets[0]} alone costs {costs[subnets[0]]:.4g}")
     best, per_kind = None, {}
     for kind in kinds:
+        correct, conf = _per_sample({s: outputs[s] for s in subnets}, labels, kind)
+        candidates = {s: _threshold_values(conf[s], grid_points) for s in subnets}
         for length in range(1, max_stages + 1):
             for chain in itertools.combinations(subnets, length):
                 if costs[chain[0]] > budget:
                     continue
-                values = [_threshold_values(confidence(outputs[s], kind).numpy(), grid_points) for s in chain[:-1]]
+                values = [candidates[s] for s in chain[:-1]]
                 grid = np.array(list(itertools.product(*values))) if values else np.zeros((1, 0))
-                sim = simulate(outputs, labels, list(chain), grid, kind, costs)
+                sim = _simulate(correct, conf, list(chain), grid, costs)
                 ok = np.flatnonzero(sim["cost"] <= budget + 1e-12)
                 if ok.size == 0:
                     continue

@@ -88,14 +88,9 @@ def candidates_for(model, paths, batch: int) -> dict:
 def check_outputs(model, paths) -> list:
     """Max |logits - eager| of every file on one batch of 2 (a failed parity invalidates its timing)."""
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    worst = []
-    for (size, ratio), files in paths.items():
-        with torch.inference_mode():
-            expected = model(x, img_size=size, keep_ratio=ratio)
-        for fmt in files:
-            diff = (runners.load_runner(files[fmt], fmt)(x)[0] - expected).abs().max().item()
-            worst.append({"img_size": size, "keep_ratio": ratio, "format": fmt, "max_abs_diff": diff})
-    return worst
+    return [{"img_size": size, "keep_ratio": ratio, "format": fmt,
+             "max_abs_diff": export.compare_with_eager(path, fmt, model, size, ratio, x)["max_abs_diff"]}
+            for (size, ratio), files in paths.items() for fmt, path in files.items()]
 
 
 def time_batch(model, paths, batch: int, rounds: int, warmup: int) -> list:

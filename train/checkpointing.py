@@ -25,7 +25,7 @@ import tempfile
 
 import torch
 
-from supervit.models import CheckpointError, extract_state_dict, read_checkpoint
+from supervit.models import CheckpointError, extract_state_dict, read_checkpoint, state_fit
 
 from . import faults
 
@@ -181,14 +181,11 @@ def find_autoresume(output_dir: str | None, fmt: str) -> str | None:
 
 
 def load_model_weights(model, state: dict, path: str):
-    own = model.state_dict()
-    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-             for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if wrong or missing or unexpected:
+    fit = state_fit(model, state)
+    if fit.wrong_shape or fit.missing or fit.unexpected:
         raise CheckpointError(f"{path!r} does not fit the model (same --model and model options as the run that "
-                              f"wrote it?): shape {wrong[:3]}, missing {missing[:5]}, unexpected {unexpected[:5]}")
+                              f"wrote it?): shape {fit.describe_shapes(3)}, missing {fit.missing[:5]}, "
+                              f"unexpected {fit.unexpected[:5]}")
     model.load_state_dict(state)
 
 

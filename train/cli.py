@@ -131,13 +131,20 @@ def wants_demo(argv: list[str], data_given) -> bool:
 
 
 def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """The destinations of the options written on the command line (``--opt`` or ``--opt=value``)."""
-    given = set()
-    for action in parser._actions:
-        for flag in action.option_strings:
-            if any(a == flag or (flag.startswith("--") and a.startswith(flag + "=")) for a in argv):
-                given.add(action.dest)
-    return given
+    """The destinations of the options written on the command line, in any form argparse accepts (``--opt``,
+    ``--opt=value``, an abbreviation, a short flag): ``argv`` parsed again with every default suppressed."""
+    saved = [(action, action.default) for action in parser._actions]
+    saved_defaults = dict(parser._defaults)
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        parser._defaults.clear()
+        given, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+        parser._defaults.update(saved_defaults)
+    return set(vars(given))
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None, demo: bool,

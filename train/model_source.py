@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from supervit.models import extract_state_dict, read_checkpoint, recorded_arch, recorded_model_config
+from supervit.models import extract_state_dict, read_checkpoint, recorded_arch, recorded_model_config, state_fit
 
 from .cli import UsageError
 from .data import check_split_dir
@@ -23,8 +23,11 @@ def count_class_folders(data_path: str, arg_name: str) -> int:
     return sum(1 for entry in os.scandir(train) if entry.is_dir())
 
 
-def resolve_model_source(args, recipe, log) -> dict | None:
-    """Fill in what the user left open before the model is built; returns the checkpoint read for ``--eval``.
+def resolve_model_source(args, recipe, log) -> tuple[dict | None, dict | None]:
+    """Fill in what the user left open before the model is built.
+
+    Returns (the checkpoint read for ``--eval``, or None; the model config to build from it, or None: then
+    ``--model`` and the model options name the model).
 
     * ``--eval --resume CKPT``: the model (and its class count) the checkpoint records, unless ``--model``,
       ``--nb-classes``/``--num-classes`` or ``--model-kwargs`` say otherwise (a released file without our config:
@@ -32,7 +35,6 @@ def resolve_model_source(args, recipe, log) -> dict | None:
     * training on a data folder without ``--nb-classes``: the number of class folders of ``train/``.
     """
     explicit = set(getattr(args, "explicit", ()))
-    args.model_config = None
     if args.eval and args.resume:
         ckpt = read_checkpoint(args.resume)
         config = recorded_model_config(ckpt)
@@ -43,11 +45,10 @@ def resolve_model_source(args, recipe, log) -> dict | None:
             from .recipes import model_kwargs
 
             kwargs.update(model_kwargs(args))
-            args.model_config = {"arch": config["arch"], "kwargs": kwargs}
             log(f"model from {os.path.basename(args.resume)}: {config['arch']} with "
                 f"{kwargs.get('num_classes')} classes, sub-networks {kwargs.get('img_sizes')} x "
                 f"{kwargs.get('keep_ratios')}")
-            return ckpt
+            return ckpt, {"arch": config["arch"], "kwargs": kwargs}
         arch = recorded_arch(ckpt)
         if not args.demo and "model" not in explicit and arch and arch.startswith("super_"):
             args.model = arch
@@ -55,14 +56,14 @@ def resolve_model_source(args, recipe, log) -> dict | None:
             head = extract_state_dict(ckpt).get("head.weight")
             if head is not None and head.dim() == 2:
                 args.nb_classes = int(head.shape[0])
-        return ckpt
+        return ckpt, None
     if not args.eval and not args.demo and args.nb_classes is None:
         classes = count_class_folders(args.data_path, recipe.data_arg_name)
         args.nb_classes = classes
         if classes != REGISTERED_DEFAULT_CLASSES:
             log(f"classes: {classes} (the class folders of {os.path.join(args.data_path, 'train')}; the model's "
                 f"default is {REGISTERED_DEFAULT_CLASSES}; --nb-classes/--num-classes N to choose)")
-    return None
+    return None, None
 
 
 def chosen_subnets(args, model, training: bool) -> list[tuple[int, float]]:
@@ -108,10 +109,7 @@ def finetune_state(model, path: str, target: str, allow_partial: bool) -> tuple[
     state = extract_state_dict(ckpt)
     if "pos_embed" in state and "pos_embed_list.0" not in state:
         state = convert_plain_vit_state_dict(state, model)
-    own = model.state_dict()
-    shape = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and own[k].shape != v.shape}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    shape, missing, unexpected = state_fit(model, state)
     trunk = [k for k in list(shape) + missing if not k.startswith(FINETUNE_REPLACEABLE)]  # shapes first
     source = recorded_arch(ckpt) or "a model it does not name"
     if trunk and not allow_partial:

@@ -58,11 +58,10 @@ class Recipe:
         self.args = args
 
     # -- model --------------------------------------------------------------------------------------------------
-    def build_model(self) -> nn.Module:
-        """The model the command line names; with ``args.model_config`` (set from an ``--eval`` checkpoint) that
-        recorded architecture instead."""
+    def build_model(self, config: dict | None = None) -> nn.Module:
+        """The model the command line names; with ``config`` (the one an ``--eval`` checkpoint records, see
+        ``model_source.resolve_model_source``) that architecture instead."""
         args = self.args
-        config = getattr(args, "model_config", None)
         if config:
             from supervit.models import create_from_config
 

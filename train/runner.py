@@ -150,8 +150,8 @@ def _run(args, recipe, info):
     seed_everything(args.seed)  # the same initial weights on every rank (EMA copies included)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ckpt = model_source.resolve_model_source(args, recipe, lambda text: log(info, text))
-    model = recipe.build_model().to(info.device)
+    ckpt, recorded_config = model_source.resolve_model_source(args, recipe, lambda text: log(info, text))
+    model = recipe.build_model(recorded_config).to(info.device)
     if args.input_size and args.input_size != model.img_sizes[-1]:
         raise UsageError(f"--input-size {args.input_size} must equal the model's largest image size "
                          f"{model.img_sizes[-1]} (the data pipeline crops to it; the model resizes inside)")

@@ -169,11 +169,18 @@ def parity(result: ExportResult, model: nn.Module, batch: int = DYNAMIC_TRACE_BA
     batch = result.batch or batch
     side = result.input_size
     x = torch.randn(batch, model.in_chans, side, side, generator=torch.Generator().manual_seed(seed))
-    with_kept = len(result.output_names) > 1
-    subnet = Subnet(model, result.img_size, result.keep_ratio, with_kept=with_kept)
+    return compare_with_eager(result.path, result.format, model, result.img_size, result.keep_ratio, x,
+                              with_kept=len(result.output_names) > 1)
+
+
+def compare_with_eager(path: str, fmt: str, model: nn.Module, img_size: int, keep_ratio: float, x: torch.Tensor,
+                       with_kept: bool = False) -> dict:
+    """``parity``'s comparison of the export at ``path`` with sub-network (img_size, keep_ratio) on images ``x``:
+    ``{"max_abs_diff": float, "kept_equal": bool or None}``."""
+    subnet = Subnet(model, img_size, keep_ratio, with_kept=with_kept)
     with torch.no_grad():
         expected = subnet(x)
     expected = expected if with_kept else (expected,)
-    got = load_runner(result.path, result.format)(x)
+    got = load_runner(path, fmt)(x)
     kept_equal = all(torch.equal(a, b) for a, b in zip(got[1:], expected[1:])) if with_kept else None
     return {"max_abs_diff": (got[0] - expected[0]).abs().max().item(), "kept_equal": kept_equal}

@@ -139,6 +139,27 @@ def has_ema_weights(checkpoint) -> bool:
     return isinstance(checkpoint, dict) and any(isinstance(checkpoint.get(k), dict) for k in _STATE_KEYS_EMA)
 
 
+class StateFit(NamedTuple):
+    """How a state dict fits a model: ``wrong_shape`` {name: (file shape, model shape)} of the tensors both hold,
+    ``missing`` (the model's names the file lacks) and ``unexpected`` (the reverse)."""
+
+    wrong_shape: dict
+    missing: list
+    unexpected: list
+
+    def describe_shapes(self, limit: int = 5) -> list[str]:
+        """'name: file (...) vs model (...)' for the first ``limit`` ill-shaped tensors."""
+        return [f"{k}: file {a} vs model {b}" for k, (a, b) in list(self.wrong_shape.items())[:limit]]
+
+
+def state_fit(model, state: dict) -> StateFit:
+    """How ``state`` fits ``model.state_dict()`` (names and shapes; nothing is loaded)."""
+    own = model.state_dict()
+    return StateFit({k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+                     if k in own and own[k].shape != v.shape},
+                    [k for k in own if k not in state], [k for k in state if k not in own])
+
+
 def load_checkpoint(model, path, use_ema: bool = False, strict: bool = True,
                     checkpoint: dict | None = None) -> LoadedCheckpoint:
     """Load a released (or our own) checkpoint into ``model``; returns a ``LoadedCheckpoint`` summary.
@@ -155,15 +176,13 @@ def load_checkpoint(model, path, use_ema: bool = False, strict: bool = True,
     plain = "pos_embed" in state and "pos_embed_list.0" not in state
     if plain:
         state = convert_plain_vit_state_dict(state, model)
-    own = model.state_dict()
-    wrong_shape = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                   for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if wrong_shape:
-        raise CheckpointError(f"{os.fspath(path)!r} does not fit the model: " + "; ".join(wrong_shape[:5]))
+    fit = state_fit(model, state)
+    if fit.wrong_shape:
+        raise CheckpointError(f"{os.fspath(path)!r} does not fit the model: " + "; ".join(fit.describe_shapes()))
+    if strict and (fit.missing or fit.unexpected):
+        raise CheckpointError(f"{os.fspath(path)!r} does not fit the model: missing {fit.missing[:5]}, "
+                              f"unexpected {fit.unexpected[:5]}")
     result = model.load_state_dict(state, strict=False)
-    if strict and (result.missing_keys or result.unexpected_keys):
-        raise CheckpointError(f"{os.fspath(path)!r} does not fit the model: missing {result.missing_keys[:5]}, "
-                              f"unexpected {result.unexpected_keys[:5]}")
     epoch = checkpoint.get("epoch") if key is not None else None
     return LoadedCheckpoint(os.fspath(path), _FORMATS[key], key, key in _STATE_KEYS_EMA, plain,
                             list(result.missing_keys), list(result.unexpected_keys),

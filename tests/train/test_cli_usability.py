@@ -49,6 +49,18 @@ def test_both_scripts_accept_the_same_short_flags():
     assert short(main_deit) == short(main_lvvit) and {"-b", "-j", "-vb"} <= short(main_deit)
 
 
+@pytest.mark.parametrize("module", [main_deit, main_lvvit])
+def test_explicit_options_are_recognized_in_every_form(module):
+    """--opt 5, --opt=5, an abbreviation and a short flag all count as written; defaults do not."""
+    parser = module.get_args_parser()
+    for argv in (["--warmup-epochs", "2"], ["--warmup-epochs=2"], ["--warmup-ep", "2"], ["--warmup-e=2"]):
+        args = cli.parse(parser, argv, demo=False)
+        assert args.explicit == ["warmup_epochs"] and args.warmup_epochs == 2, argv
+    args = cli.parse(parser, ["-b", "8"], demo=False)
+    assert args.explicit == ["batch_size"] and args.batch_size == 8
+    assert parser.parse_args([]).epochs == 300  # the defaults are back after the probe
+
+
 def test_help_answers_without_importing_torch():
     code = ("import runpy, sys\nsys.argv = ['main_lvvit.py', '--help']\ntry:\n"
             "    runpy.run_path('train/main_lvvit.py', run_name='__main__')\nexcept SystemExit as e:\n"

@@ -87,7 +87,8 @@ def candidates_for(model, paths, batch: int) -> dict:
 
 def check_outputs(model, paths) -> list:
     """Max |logits - eager| of every file on one batch of 2 (a failed parity invalidates its timing)."""
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    side = model.img_sizes[-1]
+    x = torch.randn(2, model.in_chans, side, side, generator=torch.Generator().manual_seed(1))
     return [{"img_size": size, "keep_ratio": ratio, "format": fmt,
              "max_abs_diff": export.compare_with_eager(path, fmt, model, size, ratio, x)["max_abs_diff"]}
             for (size, ratio), files in paths.items() for fmt, path in files.items()]

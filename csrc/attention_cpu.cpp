@@ -94,8 +94,6 @@ void row_softmax(const acc_t* a, const scalar_t* b, int64_t rows, int64_t dim, i
   }
 }
 
-at::ScalarType acc_dtype(const Tensor& q) { return accumulation_type(q.scalar_type()); }  // of score, lse
-
 // q, k, v may be strided views (e.g. of a fused qkv projection): the flash kernel and the score loops read them
 // through their strides, so only a non-unit last-dim stride costs a copy.
 Tensor unit_last_stride(const Tensor& t) { return t.stride(-1) == 1 || t.size(-1) == 1 ? t : t.contiguous(); }
@@ -108,7 +106,7 @@ std::tuple<Tensor, Tensor> flash_forward(const Tensor& q, const Tensor& k, const
 // over the batch.
 Tensor cls_score_cpu(const Tensor& q, const Tensor& k, double scale) {
   const int64_t batch = q.size(0), heads = q.size(1), tokens = q.size(2), dim = q.size(3);
-  Tensor score = at::empty({batch, tokens - 1}, q.options().dtype(acc_dtype(q)));
+  Tensor score = at::empty({batch, tokens - 1}, q.options().dtype(accumulation_type(q.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ext_cls_score_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* qp = q.const_data_ptr<scalar_t>();
@@ -189,9 +187,9 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_cpu(
     TORCH_CHECK(q.size(2) >= 2, "return_cls_score needs N >= 2 tokens, got ", q.size(2));
     score = cls_score_cpu(q, k, scale);
   } else {
-    score = at::empty({q.size(0), 0}, q.options().dtype(acc_dtype(q)));
+    score = at::empty({q.size(0), 0}, q.options().dtype(accumulation_type(q.scalar_type())));
   }
-  return {token_major(out), score, lse.to(acc_dtype(q)).contiguous()};
+  return {token_major(out), score, lse.to(accumulation_type(q.scalar_type())).contiguous()};
 }
 
 std::tuple<Tensor, Tensor, Tensor> attention_backward_cpu(
@@ -199,7 +197,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_backward_cpu(
     const Tensor& out, const Tensor& lse, double scale, bool has_score_grad) {
   check_qkv(q_, k_, v_);
   const Tensor q = unit_last_stride(q_), k = unit_last_stride(k_), v = unit_last_stride(v_);
-  const Tensor lse_used = lse.to(acc_dtype(q));  // what the flash backward takes (a no-op for our own lse)
+  const Tensor lse_used = lse.to(accumulation_type(q.scalar_type()));  // what the flash backward takes (a no-op for our own lse)
   auto [dq, dk, dv] = at::_scaled_dot_product_flash_attention_for_cpu_backward(
       unit_last_stride(grad_out), q, k, v, unit_last_stride(out), lse_used, 0.0, false, std::nullopt, scale);
   dq = dq.contiguous();  // the CPU flash backward returns [B, N, H, D]-strided gradients

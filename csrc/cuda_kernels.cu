@@ -57,7 +57,7 @@ void dispatch_unit(int unit, F&& f) {
   }
 }
 
-// Calls f(scalar_t{}) for the dtypes the CUDA kernels take (fp32, fp16, bf16; ops_cuda.cpp refuses the rest).
+// Calls f(scalar_t{}) for each dtype of is_kernel_dtype (ops_cuda.cpp refuses the rest).
 template <typename F>
 void dispatch_kernel_dtype(at::ScalarType t, const char* what, F&& f) {
   switch (t) {

@@ -13,6 +13,9 @@ constexpr int64_t kMaxSortTokens = 4096;
 constexpr int64_t kMaxHeadDim = 256;
 constexpr int64_t kHeadDimMultiple = 8;
 
+// The dtypes the CUDA kernels take: fp32, fp16, bf16 (contract.KERNEL_DTYPES states the same to Python).
+inline bool is_kernel_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
+
 // idx [B, k] = top-k of score [B, M] (fp32/fp16/bf16, M <= kMaxSortTokens); when x is defined also
 // out [B, k+1, C] = [x[:, 0], x[b, 1 + idx[b]]] in the same launch (the fused prune).
 void topk(const at::Tensor& score, int64_t k, at::Tensor& idx, const at::Tensor& x, at::Tensor& out);

@@ -12,9 +12,8 @@ namespace supervit {
 namespace {
 
 void check_sortable(const Tensor& score) {
-  const auto t = score.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
-              "ext top-k on CUDA takes fp32/fp16/bf16 scores, got ", t);
+  TORCH_CHECK(cuda::is_kernel_dtype(score.scalar_type()), "ext top-k on CUDA takes fp32/fp16/bf16 scores, got ",
+              score.scalar_type());
   TORCH_CHECK(score.size(1) <= cuda::kMaxSortTokens, "ext top-k on CUDA takes at most ", cuda::kMaxSortTokens,
               " patch tokens, got ", score.size(1));
 }
@@ -61,9 +60,8 @@ std::tuple<Tensor, Tensor> prune_tokens_cuda(const Tensor& x_, const Tensor& sco
 }
 
 void check_sdpa_case(const Tensor& q) {
-  const auto t = q.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
-              "ext attention on CUDA takes fp32/fp16/bf16, got ", t);
+  TORCH_CHECK(cuda::is_kernel_dtype(q.scalar_type()), "ext attention on CUDA takes fp32/fp16/bf16, got ",
+              q.scalar_type());
   TORCH_CHECK(q.size(3) % cuda::kHeadDimMultiple == 0 && q.size(3) <= cuda::kMaxHeadDim,
               "ext attention on CUDA takes head dims that are multiples of ", cuda::kHeadDimMultiple, " up to ",
               cuda::kMaxHeadDim, ", got ", q.size(3));

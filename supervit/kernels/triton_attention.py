@@ -7,6 +7,8 @@ autotuned per power-of-two bucket of N; under the interpreter they run one big t
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -46,24 +48,27 @@ _BWD_TABLE = {
     ("mma", 256): ((16, 16, 8, 2),),
     ("ieee", 256): ((16, 16, 8, 2), (16, 32, 8, 2)),
 }
-_tuned_kernels: dict = {}
 
 
+@functools.cache
 def _tuned(kind: str, head_dim: int, backward: bool):
-    """The autotuned fwd/bwd kernel for fp32-exact ("ieee") or tensor-core ("mma") dots at this head dim."""
+    """The autotuned fwd/bwd kernel for fp32-exact ("ieee") or tensor-core ("mma") dots at this head dim (the
+    table's smallest tuned dim >= it; one lookup per call once seen)."""
     table = _BWD_TABLE if backward else _FWD_TABLE
     dims = sorted(d for k, d in table if k == kind)
-    dim = next((d for d in dims if d >= head_dim), dims[-1])
-    key = (kind, dim, backward)
-    if key not in _tuned_kernels:
-        names = ("BLOCK_SMALL", "BLOCK_BIG") if backward else ("BLOCK_M", "BLOCK_N")
-        configs = [triton.Config(dict(zip(names, (a, b))), num_warps=w, num_stages=st)
-                   for a, b, w, st in table[(kind, dim)]]
-        kernel = _attention_bwd_kernel if backward else _attention_fwd_kernel
-        tune_key = ["N_BUCKET", "HEAD_DIM", "HAS_GS" if backward else "STORE_S0"]
-        _tuned_kernels[key] = triton.autotune(configs, key=tune_key,
-                                              prune_configs_by={"early_config_prune": configs_for_length})(kernel)
-    return _tuned_kernels[key]
+    return _autotuned(kind, next((d for d in dims if d >= head_dim), dims[-1]), backward)
+
+
+@functools.cache
+def _autotuned(kind: str, dim: int, backward: bool):
+    """One ``triton.autotune`` object per (kind, tuned dim, direction), shared by the head dims it serves."""
+    table = _BWD_TABLE if backward else _FWD_TABLE
+    names = ("BLOCK_SMALL", "BLOCK_BIG") if backward else ("BLOCK_M", "BLOCK_N")
+    configs = [triton.Config(dict(zip(names, (a, b))), num_warps=w, num_stages=st)
+               for a, b, w, st in table[(kind, dim)]]
+    kernel = _attention_bwd_kernel if backward else _attention_fwd_kernel
+    tune_key = ["N_BUCKET", "HEAD_DIM", "HAS_GS" if backward else "STORE_S0"]
+    return triton.autotune(configs, key=tune_key, prune_configs_by={"early_config_prune": configs_for_length})(kernel)
 
 
 def tf32_allowed() -> bool:

@@ -98,6 +98,34 @@ def _prune_tokens_fake(x, score, k):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Case fields of a call (looked up on every call: each reads the tensor's metadata once).
+# ----------------------------------------------------------------------------------------------------------------
+def _attention_fields(q, *_):
+    _, _, tokens, dim = q.shape
+    return q.device.type, q.dtype, tokens, dim, q.numel() == 0
+
+
+def _attention_backward_fields(grad_out, grad_score, q, *_):
+    return _attention_fields(q)
+
+
+def _score_fields(score, k):
+    return score.device.type, score.dtype, score.shape[1] + 1, 0, score.numel() == 0
+
+
+def _tokens_fields(x, *_):
+    return x.device.type, x.dtype, x.shape[1], 0, x.numel() == 0
+
+
+def _gather_backward_fields(grad_kept, idx, num_tokens):
+    return grad_kept.device.type, grad_kept.dtype, num_tokens, 0, grad_kept.numel() == 0
+
+
+def _prune_fields(x, score, k):
+    return x.device.type, score.dtype, x.shape[1], 0, x.numel() == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The ops.
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -128,23 +156,18 @@ class OpSpec:
 OPS: dict[str, OpSpec] = {spec.backend_fn: spec for spec in (
     OpSpec("attention", "attention_forward",
            "(Tensor q, Tensor k, Tensor v, float scale, bool return_cls_score) -> (Tensor, Tensor, Tensor)",
-           _attention_fake,
-           lambda q, k, v, *_: (q.device.type, q.dtype, q.shape[2], q.shape[3], q.numel() == 0)),
+           _attention_fake, _attention_fields),
     OpSpec("attention_backward", "attention_backward",
            "(Tensor grad_out, Tensor grad_score, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale,"
            " bool has_score_grad) -> (Tensor, Tensor, Tensor)",
-           _attention_backward_fake,
-           lambda grad_out, grad_score, q, *_: (q.device.type, q.dtype, q.shape[2], q.shape[3], q.numel() == 0)),
-    OpSpec("keep_topk", "keep_topk", "(Tensor score, int k) -> Tensor", _keep_topk_fake,
-           lambda score, k: (score.device.type, score.dtype, score.shape[1] + 1, 0, score.numel() == 0)),
-    OpSpec("gather_tokens", "gather_tokens", "(Tensor x, Tensor idx) -> Tensor", _gather_tokens_fake,
-           lambda x, idx: (x.device.type, x.dtype, x.shape[1], 0, x.numel() == 0)),
+           _attention_backward_fake, _attention_backward_fields),
+    OpSpec("keep_topk", "keep_topk", "(Tensor score, int k) -> Tensor", _keep_topk_fake, _score_fields),
+    OpSpec("gather_tokens", "gather_tokens", "(Tensor x, Tensor idx) -> Tensor", _gather_tokens_fake, _tokens_fields),
     OpSpec("gather_tokens_backward", "gather_tokens_backward",
            "(Tensor grad_kept, Tensor idx, int num_tokens) -> Tensor", _gather_tokens_backward_fake,
-           lambda g, idx, n: (g.device.type, g.dtype, n, 0, g.numel() == 0)),
+           _gather_backward_fields),
     OpSpec("prune_tokens", "prune_tokens_forward", "(Tensor x, Tensor score, int k) -> (Tensor, Tensor)",
-           _prune_tokens_fake,
-           lambda x, score, k: (x.device.type, score.dtype, x.shape[1], 0, x.numel() == 0)),
+           _prune_tokens_fake, _prune_fields),
 )}
 """The contract's ops by backend function name."""
 

@@ -51,6 +51,22 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [n for n in BACKEND_NAMES if backend_status(n, device)[0]]
 
 
+# SUPERVIT_BACKEND is read on every call (tests and users change it at run time). ``os.environ.get`` of an unset
+# variable raises and catches a KeyError inside ``os.environ``, several microseconds per call at batch 1, so the
+# key of a call's choice reads CPython's backing dict of ``os.environ`` (kept in step by every assignment to
+# ``os.environ``) when there is one.
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("SUPERVIT_BACKEND") if _ENVIRON is not None and hasattr(os.environ, "encodekey") \
+    else None
+
+
+def _forced_raw():
+    """The raw SUPERVIT_BACKEND value (None when unset), as cheap as a dict lookup: only a cache key."""
+    if _ENV_KEY is not None:
+        return _ENVIRON.get(_ENV_KEY)
+    return os.environ.get("SUPERVIT_BACKEND")
+
+
 def _forced() -> str:
     forced = os.environ.get("SUPERVIT_BACKEND", "").strip().lower()
     if forced and forced not in BACKEND_NAMES:
@@ -80,7 +96,7 @@ def select_backend(device: torch.device | str) -> Backend:
 def backend_for(op: str, case: Case | tuple) -> Backend:
     """The backend that runs ``op`` (a key of ``contract.OPS``) on ``case``: the first candidate that supports
     it, else the reference. ``case`` may also be the plain tuple of its fields (``OpSpec.case_fields``)."""
-    key = (os.environ.get("SUPERVIT_BACKEND", ""), op, case)
+    key = (_forced_raw(), op, case)
     backend = _chosen.get(key)
     if backend is None:
         if op not in OPS:

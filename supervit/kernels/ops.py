@@ -46,11 +46,12 @@ def _nothing_to_record(*tensors: Tensor) -> bool:
     """Whether an eager call on ``tensors`` may skip the custom-op layer (see the module docstring)."""
     if torch.compiler.is_compiling():
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    return (all(type(t) is Tensor for t in tensors) and not torch._C._len_torch_dispatch_stack()
-            and not torch._C._is_torch_function_mode_enabled() and torch._C._get_tracing_state() is None
-            and not torch._C._are_functorch_transforms_active())
+    grad = torch.is_grad_enabled()
+    for t in tensors:  # a loop, not any()/all(): no generator objects on the per-call path
+        if type(t) is not Tensor or (grad and t.requires_grad):
+            return False
+    return not (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+                or torch._C._get_tracing_state() is not None or torch._C._are_functorch_transforms_active())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,16 +8,10 @@ from timm.layers import DropPath, Mlp
 from .. import kernels
 
 
-def attention_op(q, k, v, scale: float, return_cls_score: bool):
-    """``kernels.attention``; a leaf of FX graphs (its argument checks need concrete tensors)."""
-    return kernels.attention(q, k, v, scale=scale, return_cls_score=return_cls_score)
-
-
-def prune_op(x, score, keep_ratio: float):
-    """``kernels.prune_tokens``; a leaf of FX graphs."""
-    return kernels.prune_tokens(x, score, keep_ratio)
-
-
+# kernels.attention(q, k, v, scale, return_cls_score) and kernels.prune_tokens(x, score, keep_ratio) under the
+# names FX treats as leaves (their argument checks need concrete tensors); no wrapper frame on the per-call path.
+attention_op = kernels.attention
+prune_op = kernels.prune_tokens
 torch.fx.wrap("attention_op")
 torch.fx.wrap("prune_op")
 

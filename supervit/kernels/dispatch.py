@@ -96,7 +96,7 @@ def select_backend(device: torch.device | str) -> Backend:
 def backend_for(op: str, case: Case | tuple) -> Backend:
     """The backend that runs ``op`` (a key of ``contract.OPS``) on ``case``: the first candidate that supports
     it, else the reference. ``case`` may also be the plain tuple of its fields (``OpSpec.case_fields``)."""
-    key = (_forced_raw(), op, case)
+    key = (_ENVIRON.get(_ENV_KEY) if _ENV_KEY is not None else _forced_raw(), op, case)  # _forced_raw, inlined
     backend = _chosen.get(key)
     if backend is None:
         if op not in OPS:

@@ -121,8 +121,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, retur
     if return_cls_score and q.shape[2] < 2:
         raise ValueError(f"return_cls_score needs N >= 2 tokens (CLS + patches), got N = {q.shape[2]}")
     scale = q.shape[-1] ** -0.5 if scale is None else check.check_scale(scale)
+    return attention_unchecked(q, k, v, scale, bool(return_cls_score))
+
+
+def attention_unchecked(q: Tensor, k: Tensor, v: Tensor, scale: float, return_cls_score: bool):
+    """``attention`` without its argument checks, for callers that build valid q, k, v themselves (the models:
+    at batch 1 every Python step of a call shows in the latency); the same dispatch and autograd."""
     op = _run_attention if _nothing_to_record(q, k, v) else _attention
-    out, score, _ = op(q, k, v, scale, bool(return_cls_score))
+    out, score, _ = op(q, k, v, scale, return_cls_score)
     return (out, score) if return_cls_score else out
 
 
@@ -167,5 +173,10 @@ def prune_tokens(x: Tensor, score: Tensor, keep_ratio: float) -> tuple[Tensor, T
         (x_kept [B, k+1, C], idx [B, k] int64 into the patch tokens).
     """
     check.check_prune_inputs(x, score)
-    k = keep_count(x.shape[1], check.check_keep_ratio(keep_ratio))
+    return prune_tokens_unchecked(x, score, check.check_keep_ratio(keep_ratio))
+
+
+def prune_tokens_unchecked(x: Tensor, score: Tensor, keep_ratio: float) -> tuple[Tensor, Tensor]:
+    """``prune_tokens`` without its argument checks (``keep_ratio`` a float in (0, 1]), for the models."""
+    k = keep_count(x.shape[1], keep_ratio)
     return (_run_prune_tokens if _nothing_to_record(x, score) else _prune_tokens)(x, score, k)

@@ -8,10 +8,10 @@ from timm.layers import DropPath, Mlp
 from .. import kernels
 
 
-# kernels.attention(q, k, v, scale, return_cls_score) and kernels.prune_tokens(x, score, keep_ratio) under the
-# names FX treats as leaves (their argument checks need concrete tensors); no wrapper frame on the per-call path.
-attention_op = kernels.attention
-prune_op = kernels.prune_tokens
+# The ops the blocks call, under the names FX treats as leaves: the public ops without their argument checks (the
+# blocks build q, k, v, score themselves and the model checked keep_ratio), no wrapper frame on the per-call path.
+attention_op = kernels.ops.attention_unchecked
+prune_op = kernels.ops.prune_tokens_unchecked
 torch.fx.wrap("attention_op")
 torch.fx.wrap("prune_op")
 

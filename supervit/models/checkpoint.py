@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import zipfile
 from typing import NamedTuple
 
 import torch
@@ -69,8 +68,11 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"refusing to load {path!r}: it holds objects outside the allow-list "
                               f"({str(err).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path!r} (truncated or corrupt?): {err}") from None
+    except Exception as err:  # noqa: BLE001 - weights_only parsing runs no code: any failure means a bad file
+        # (garbage bytes reach the weights-only unpickler and fail there in many ways: KeyError, IndexError, ...)
+        first_line = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(f"cannot read checkpoint {path!r} (truncated or corrupt?): "
+                              f"{type(err).__name__}: {first_line}") from None
 
 
 def extract_state_dict(checkpoint: dict, use_ema: bool = False) -> dict:

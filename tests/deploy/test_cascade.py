@@ -159,10 +159,14 @@ def test_cascade_cli_on_tensors(tmp_path, capsys, tiny_checkpoint):
     assert code == 2 and "below the cheapest sub-network (8, 0.5)" in capsys.readouterr().err
     code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint])
     assert code == 2 and "--tensors FILE or --data DIR" in capsys.readouterr().err
-    (tmp_path / "bad.pt").write_bytes(b"nope")
-    code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(tmp_path / "bad.pt")])
-    err = capsys.readouterr().err
-    assert code == 2 and "bad.pt" in err and len(err.strip().splitlines()) == 1
+    import random
+
+    rng = random.Random(0)
+    for garbage in (b"nope", *(b"\x80\x02" + rng.randbytes(rng.randrange(1, 512)) for _ in range(40))):
+        (tmp_path / "bad.pt").write_bytes(garbage)  # the unpickler fails on these in many ways (KeyError, ...)
+        code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(tmp_path / "bad.pt")])
+        err = capsys.readouterr().err
+        assert code == 2 and "bad.pt" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_cascade_cli_on_an_image_folder(tmp_path, capsys):

@@ -47,6 +47,23 @@ def _garbage(dst):
     return dst
 
 
+def test_random_bytes_are_a_checkpoint_error_never_another_exception(tmp_path, good_checkpoint):
+    """Garbage reaches the weights-only unpickler and can fail there in many ways (KeyError, IndexError, ...): every
+    one is a CheckpointError naming the file. 300 seeded files: plain bytes, a pickle header, a zip's first bytes."""
+    import random
+
+    from supervit.models import read_checkpoint
+
+    rng = random.Random(0)
+    head = open(good_checkpoint, "rb").read(64)  # a real zip header, then garbage
+    path = tmp_path / "noise.pth"
+    for i in range(300):
+        prefix = (b"", b"\x80\x02", b"\x80\x05", head)[i % 4]
+        path.write_bytes(prefix + rng.randbytes(rng.randrange(1, 2048)))
+        with pytest.raises(CheckpointError, match="noise.pth"):
+            read_checkpoint(path)
+
+
 @pytest.mark.parametrize("how,kind", [("--resume", "truncated"), ("--resume", "garbage"), ("--eval", "truncated"),
                                       ("--finetune", "missing")])
 def test_bad_checkpoint_through_the_cli_names_the_file(tmp_path, good_checkpoint, kind, how):

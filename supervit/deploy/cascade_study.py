@@ -109,12 +109,11 @@ def split_study(outputs: dict, labels: torch.Tensor, gmacs: dict, seeds, budget_
         reference = max(outputs, key=lambda s: (cal_acc[s], -gmacs[s]))
         best = max(outputs, key=lambda s: (test_acc[s], -gmacs[s]))
         limit = budget if budget is not None else budget_ratio * gmacs[reference]
-        try:
-            fit = casc.fit_cascade({s: o[cal] for s, o in outputs.items()}, y_cal, gmacs, limit, max_stages,
-                                   confidences, stage_pool=stage_pool)
-        except DeployError:  # the budget is below the cheapest sub-network on this split
+        if limit < min(gmacs[s] for s in outputs):  # not even the cheapest sub-network fits on this split
             unfit.append(seed)
             continue
+        fit = casc.fit_cascade({s: o[cal] for s, o in outputs.items()}, y_cal, gmacs, limit, max_stages,
+                               confidences, stage_pool=stage_pool)
         sim = casc.simulate({s: o[test] for s, o in outputs.items()}, y_test, fit.stages, [fit.thresholds],
                             fit.confidence, gmacs)
         acc, spent = float(sim["acc1"][0]), float(sim["cost"][0])

@@ -10,6 +10,7 @@ the reference backend. The choice is remembered per (SUPERVIT_BACKEND, op, case)
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 
@@ -53,18 +54,12 @@ def available_backends(device: torch.device | str) -> list[str]:
 
 # SUPERVIT_BACKEND is read on every call (tests and users change it at run time). ``os.environ.get`` of an unset
 # variable raises and catches a KeyError inside ``os.environ``, several microseconds per call at batch 1, so the
-# key of a call's choice reads CPython's backing dict of ``os.environ`` (kept in step by every assignment to
-# ``os.environ``) when there is one.
-_ENVIRON = getattr(os.environ, "_data", None)
-_ENV_KEY = os.environ.encodekey("SUPERVIT_BACKEND") if _ENVIRON is not None and hasattr(os.environ, "encodekey") \
-    else None
-
-
-def _forced_raw():
-    """The raw SUPERVIT_BACKEND value (None when unset), as cheap as a dict lookup: only a cache key."""
-    if _ENV_KEY is not None:
-        return _ENVIRON.get(_ENV_KEY)
-    return os.environ.get("SUPERVIT_BACKEND")
+# key of a call's choice is read from CPython's backing dict of ``os.environ`` (kept in step by every assignment to
+# ``os.environ``) when there is one: ``_forced_raw()`` is then one C-level dict lookup, the raw value or None.
+if hasattr(os.environ, "_data") and hasattr(os.environ, "encodekey"):
+    _forced_raw = functools.partial(os.environ._data.get, os.environ.encodekey("SUPERVIT_BACKEND"))
+else:
+    _forced_raw = functools.partial(os.environ.get, "SUPERVIT_BACKEND")
 
 
 def _forced() -> str:
@@ -96,7 +91,7 @@ def select_backend(device: torch.device | str) -> Backend:
 def backend_for(op: str, case: Case | tuple) -> Backend:
     """The backend that runs ``op`` (a key of ``contract.OPS``) on ``case``: the first candidate that supports
     it, else the reference. ``case`` may also be the plain tuple of its fields (``OpSpec.case_fields``)."""
-    key = (_ENVIRON.get(_ENV_KEY) if _ENV_KEY is not None else _forced_raw(), op, case)  # _forced_raw, inlined
+    key = (_forced_raw(), op, case)
     backend = _chosen.get(key)
     if backend is None:
         if op not in OPS:

@@ -184,8 +184,7 @@ def load_checkpoint(model, path, use_ema: bool = False, strict: bool = True,
     if strict and (fit.missing or fit.unexpected):
         raise CheckpointError(f"{os.fspath(path)!r} does not fit the model: missing {fit.missing[:5]}, "
                               f"unexpected {fit.unexpected[:5]}")
-    result = model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False)
     epoch = checkpoint.get("epoch") if key is not None else None
-    return LoadedCheckpoint(os.fspath(path), _FORMATS[key], key, key in _STATE_KEYS_EMA, plain,
-                            list(result.missing_keys), list(result.unexpected_keys),
-                            epoch if isinstance(epoch, int) else None)
+    return LoadedCheckpoint(os.fspath(path), _FORMATS[key], key, key in _STATE_KEYS_EMA, plain, fit.missing,
+                            fit.unexpected, epoch if isinstance(epoch, int) else None)

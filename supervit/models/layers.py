@@ -61,7 +61,6 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.drops_paths = drop_path > 0  # DropPath acts in training only; elsewhere its call is skipped
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio))
         self.skip_lam = skip_lam
@@ -81,7 +80,7 @@ class Block(nn.Module):
         return x, idx
 
     def _residual(self, branch):
-        if self.drops_paths and self.training:
+        if self.training:  # DropPath acts in training only: elsewhere its call is skipped
             branch = self.drop_path(branch)
         return branch if self.skip_lam == 1.0 else branch / self.skip_lam
 

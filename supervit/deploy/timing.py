@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 
 NOISY_SPREAD = 0.10  # IQR / median above which a timing is flagged noisy
@@ -93,7 +94,8 @@ def summarize(seconds: list[float], noisy_spread: float = NOISY_SPREAD) -> dict:
 
 def time_interleaved(candidates: dict[object, Callable[[], object]], device: torch.device | str, rounds: int = 5,
                      warmup: int = 2, min_seconds: float = 0.0, noisy_spread: float = NOISY_SPREAD,
-                     progress: bool = False, clock: Callable[[], float] = time.perf_counter) -> dict:
+                     progress: bool = False, clock: Callable[[], float] = time.perf_counter,
+                     keep_times: bool = False) -> dict:
     """``{name: summarize(...)}`` of each ``candidates[name]()`` timed in interleaved rounds.
 
     Args:
@@ -106,6 +108,7 @@ def time_interleaved(candidates: dict[object, Callable[[], object]], device: tor
         progress: show a tqdm bar over the rounds.
         clock: read before and after each call (seconds); ``time.thread_time`` measures the calling thread's CPU
             time, the host work alone, unaffected by other processes.
+        keep_times: also return each candidate's timings, round by round, as ``times_ms`` (for ``paired_ratio``).
     """
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds!r}, warmup={warmup!r}")
@@ -137,7 +140,24 @@ def time_interleaved(candidates: dict[object, Callable[[], object]], device: tor
             bar.update(1)
     if bar is not None:
         bar.close()
-    return {name: summarize(t, noisy_spread) for name, t in times.items()}
+    return {name: {**summarize(t, noisy_spread), **({"times_ms": [1e3 * x for x in t]} if keep_times else {})}
+            for name, t in times.items()}
+
+
+def paired_ratio(times_a: list[float], times_b: list[float], resamples: int = 2000, seed: int = 0) -> dict:
+    """Median of the round-by-round ratios a/b of two interleaved candidates and its bootstrap 95% interval.
+
+    Both candidates ran in the same rounds, next to each other, so a slow spell of the machine scales both sides of
+    one ratio; the interval says how well the median ratio is known (it straddles 1 when the two are not told apart).
+    """
+    if len(times_a) != len(times_b) or not times_a:
+        raise ValueError(f"paired_ratio needs two equally long, non-empty timing lists, got {len(times_a)} and "
+                         f"{len(times_b)}")
+    ratios = np.asarray(times_a, dtype=np.float64) / np.asarray(times_b, dtype=np.float64)
+    picks = np.random.default_rng(seed).integers(0, len(ratios), size=(resamples, len(ratios)))
+    medians = np.median(ratios[picks], axis=1)
+    low, high = np.quantile(medians, [0.025, 0.975])
+    return {"ratio_median": float(np.median(ratios)), "ratio_ci_low": float(low), "ratio_ci_high": float(high)}
 
 
 def measure(candidates: dict, device: torch.device | str, *, dtype=None, batch: int | None = None,

@@ -53,3 +53,25 @@ def test_bad_arguments_name_the_value():
         timing.time_interleaved({"x": lambda: None}, "cpu", rounds=0)
     with pytest.raises(ValueError, match="candidates"):
         timing.time_interleaved({}, "cpu")
+
+
+def test_paired_ratio_is_the_median_round_ratio_with_an_interval_around_it():
+    ours = [10.0, 11.0, 30.0, 10.5, 9.8, 10.2, 10.1]  # one slow spell (round 3) hits both sides
+    plain = [11.0, 12.1, 33.0, 11.6, 10.7, 11.2, 11.0]
+    res = timing.paired_ratio(ours, plain)
+    ratios = sorted(o / p for o, p in zip(ours, plain))
+    assert res["ratio_median"] == pytest.approx(ratios[3])
+    assert ratios[0] <= res["ratio_ci_low"] <= res["ratio_median"] <= res["ratio_ci_high"] <= ratios[-1]
+    assert res["ratio_ci_high"] < 1.0  # every round says ours is faster: the interval excludes 1
+    even = timing.paired_ratio([1.0, 2.0, 1.0, 2.0], [2.0, 1.0, 2.0, 1.0])
+    assert even["ratio_ci_low"] < 1.0 < even["ratio_ci_high"]
+    with pytest.raises(ValueError, match="equally long"):
+        timing.paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_time_interleaved_keeps_the_round_timings_on_request():
+    stats = timing.time_interleaved({"a": lambda: None, "b": lambda: None}, "cpu", rounds=3, warmup=0,
+                                    keep_times=True)
+    assert [len(stats[n]["times_ms"]) for n in "ab"] == [3, 3]
+    assert stats["a"]["median_ms"] == pytest.approx(sorted(stats["a"]["times_ms"])[1])
+    assert "times_ms" not in timing.time_interleaved({"a": lambda: None}, "cpu", rounds=1, warmup=0)["a"]

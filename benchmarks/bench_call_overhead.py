@@ -10,8 +10,9 @@ Sections (candidates interleaved round by round in one run; median and spread; t
 * subnets: ``model(x, img_size, keep_ratio)`` vs a plain implementation of the same sub-network (explicit softmax
   attention, argsort, index gather: tests/models/naive_forward.py) on the same weights, batch 1, fp32, eval,
   no grad, for all 12 sub-networks. Target: ours <= plain at every sub-network. The ratio is the median of the
-  round-by-round ratios (the two ran next to each other in every round) with its bootstrap 95% interval. With --threads 1 the clock is the
-  calling thread's CPU time (the whole forward runs on it), so time the process spends descheduled is left out.
+  round-by-round ratios (the two ran next to each other in every round) with its bootstrap 95% interval. With
+  --threads 1 the clock is the calling thread's CPU time (the whole forward runs on it), so time the process spends
+  descheduled is left out.
 
     python benchmarks/bench_call_overhead.py [--threads 2] [--rounds 40] [--out DIR]
 
@@ -105,8 +106,9 @@ def measure_subnets(rounds: int) -> list[dict]:
         ratio_min = stats["ours"]["min_ms"] / stats["plain"]["min_ms"]
         for name, s in stats.items():
             rows.append({"section": "subnets", "case": f"({img_size}, {ratio})", "impl": name,
-                         "ours_over_plain_median": paired["ratio_median"], "ours_over_plain_ci_low":
-                         paired["ratio_ci_low"], "ours_over_plain_ci_high": paired["ratio_ci_high"],
+                         "ours_over_plain_median": paired["ratio_median"],
+                         "ours_over_plain_ci_low": paired["ratio_ci_low"],
+                         "ours_over_plain_ci_high": paired["ratio_ci_high"],
                          "ours_over_plain_min": ratio_min, **s, **cond})
     return rows
 
@@ -153,8 +155,9 @@ def main(argv=None) -> int:
         if "subnets" in sections:
             rows += measure_subnets(args.rounds)
     columns = ["section", "case", "impl", "us_per_call", "overhead_us", "ours_over_plain_median",
-               "ours_over_plain_ci_low", "ours_over_plain_ci_high", "ours_over_plain_min", "median_ms", "min_ms", "max_ms", "rel_spread", "rounds", "noisy", "threads",
-               "backend", "load_before", "load_after", "device", "torch", "command"]
+               "ours_over_plain_ci_low", "ours_over_plain_ci_high", "ours_over_plain_min", "median_ms", "min_ms",
+               "max_ms", "rel_spread", "rounds", "noisy", "threads", "backend", "load_before", "load_after", "device",
+               "torch", "command"]
     stem = f"call_overhead_t{args.threads}"
     csv_path, md_path = harness.write_rows(rows, out, stem, columns)
     if "subnets" in sections:

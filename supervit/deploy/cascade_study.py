@@ -83,17 +83,17 @@ def study(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, gmacs: d
 
 
 def split_study(outputs: dict, labels: torch.Tensor, gmacs: dict, seeds, budget_ratio: float = 0.8,
-                budget: float | None = None, max_stages: int = 2, confidences=casc.CONFIDENCES, stage_pool: str = "pareto",
-                tolerance: float = 0.5, max_gmacs_ratio: float = 0.8) -> dict:
+                budget: float | None = None, max_stages: int = 2, confidences=casc.CONFIDENCES,
+                stage_pool: str = "pareto", tolerance: float = 0.5, max_gmacs_ratio: float = 0.8) -> dict:
     """How the fitted cascade generalizes: fit and evaluate it again on the stratified halves of other seeds.
 
     On every split the reference is the most accurate sub-network on its calibration half and the budget
-    ``budget_ratio`` x its GMACs (or the fixed ``budget``), as ``study`` does. Each row compares the cascade's test-half top-1 with that
-    reference and with the best static sub-network on the test half (the best of 12 on the very images scored:
-    an optimistic yardstick, since it is picked after seeing them). ``summary`` has the mean, median and the
-    10th/90th percentiles of both gaps (over the splits where some cascade fits the budget; ``unfit_seeds`` lists the
-    others) and how many splits reach ``tolerance`` points of the best on the test half
-    at no more than ``max_gmacs_ratio`` x its GMACs.
+    ``budget_ratio`` x its GMACs (or the fixed ``budget``), as ``study`` does. Each row compares the cascade's
+    test-half top-1 with that reference and with the best static sub-network on the test half (the best of 12 on the
+    very images scored: an optimistic yardstick, since it is picked after seeing them). ``summary`` has the mean,
+    median and the 10th/90th percentiles of both gaps (over the splits where some cascade fits the budget;
+    ``unfit_seeds`` lists the others) and how many splits reach ``tolerance`` points of the best on the test half at
+    no more than ``max_gmacs_ratio`` x its GMACs.
 
     Args:
         outputs: {(s, r): logits [N, K]} of every image (``cascade.stage_outputs``).
@@ -101,6 +101,7 @@ def split_study(outputs: dict, labels: torch.Tensor, gmacs: dict, seeds, budget_
         seeds: split seeds (``cascade.stratified_halves``).
     """
     rows, unfit = [], []
+    cheapest = min(gmacs[s] for s in outputs)
     for seed in seeds:
         cal, test = casc.stratified_halves(labels, seed)
         y_cal, y_test = labels[cal], labels[test]
@@ -109,7 +110,7 @@ def split_study(outputs: dict, labels: torch.Tensor, gmacs: dict, seeds, budget_
         reference = max(outputs, key=lambda s: (cal_acc[s], -gmacs[s]))
         best = max(outputs, key=lambda s: (test_acc[s], -gmacs[s]))
         limit = budget if budget is not None else budget_ratio * gmacs[reference]
-        if limit < min(gmacs[s] for s in outputs):  # not even the cheapest sub-network fits on this split
+        if limit < cheapest:  # not even the cheapest sub-network fits on this split's budget
             unfit.append(seed)
             continue
         fit = casc.fit_cascade({s: o[cal] for s, o in outputs.items()}, y_cal, gmacs, limit, max_stages,

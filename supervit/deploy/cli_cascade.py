@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from ..models.checkpoint import load_failure
 from . import cascade as casc
 from . import cli_common
 from .cascade_study import format_split_study, format_study, format_timing, study, time_study
@@ -47,8 +48,7 @@ def _tensors(path: str):
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - weights_only parsing runs no code: any failure means a bad file
-        first_line = (str(err).splitlines() or [""])[0]
-        raise DeployError(f"--tensors {path!r} cannot be read: {type(err).__name__}: {first_line}") from None
+        raise DeployError(f"--tensors {path!r} cannot be read: {load_failure(err)}") from None
     if not isinstance(data, dict) or not {"images", "labels"} <= set(data):
         raise DeployError(f"--tensors {path!r} must hold a dict with 'images' [N,C,H,W] and 'labels' [N]")
     images, labels = data["images"], data["labels"]

@@ -140,8 +140,11 @@ def time_interleaved(candidates: dict[object, Callable[[], object]], device: tor
             bar.update(1)
     if bar is not None:
         bar.close()
-    return {name: {**summarize(t, noisy_spread), **({"times_ms": [1e3 * x for x in t]} if keep_times else {})}
-            for name, t in times.items()}
+    results = {name: summarize(t, noisy_spread) for name, t in times.items()}
+    if keep_times:
+        for name, t in times.items():
+            results[name]["times_ms"] = [1e3 * x for x in t]
+    return results
 
 
 def paired_ratio(times_a: list[float], times_b: list[float], resamples: int = 2000, seed: int = 0) -> dict:

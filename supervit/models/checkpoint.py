@@ -69,10 +69,17 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"refusing to load {path!r}: it holds objects outside the allow-list "
                               f"({str(err).splitlines()[0]})") from None
     except Exception as err:  # noqa: BLE001 - weights_only parsing runs no code: any failure means a bad file
-        # (garbage bytes reach the weights-only unpickler and fail there in many ways: KeyError, IndexError, ...)
-        first_line = (str(err).splitlines() or [""])[0]
         raise CheckpointError(f"cannot read checkpoint {path!r} (truncated or corrupt?): "
-                              f"{type(err).__name__}: {first_line}") from None
+                              f"{load_failure(err)}") from None
+
+
+def load_failure(err: BaseException) -> str:
+    """One line naming why a weights-only ``torch.load`` failed: the exception's type and its first line.
+
+    Garbage bytes reach the weights-only unpickler and fail there in many ways (KeyError, IndexError, ...), some
+    with an empty or multi-line message.
+    """
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
 
 
 def extract_state_dict(checkpoint: dict, use_ema: bool = False) -> dict:

@@ -28,6 +28,11 @@ def _row(raw: dict, where: str) -> dict:
     return row
 
 
+def _after_epoch(epoch) -> str:
+    """'after epoch N' as the trainer's log counts (1-based) from a checkpoint's 0-based ``epoch`` index."""
+    return f"after epoch {int(epoch) + 1}" if isinstance(epoch, int) else "epoch unknown"
+
+
 def make_table(rows, source: str, label: str, **meta) -> dict:
     """A validated accuracy table (see the module docstring) from rows with img_size, keep_ratio, acc1[, acc5]."""
     if not isinstance(rows, (list, tuple)) or not rows:
@@ -44,7 +49,7 @@ def table_from_checkpoint(checkpoint: dict, path: str = "checkpoint") -> dict | 
     accuracy = info.get("accuracy") if isinstance(info, dict) else None
     if not isinstance(accuracy, dict) or not accuracy.get("rows"):
         return None
-    label = (f"{os.path.basename(path)}: epoch {accuracy.get('epoch')}, "
+    label = (f"{os.path.basename(path)}: {_after_epoch(accuracy.get('epoch'))}, "
              f"{'EMA' if accuracy.get('ema') else 'model'} weights, {accuracy.get('num_images')} images"
              + (f" of {accuracy['dataset']}" if accuracy.get("dataset") else ""))
     return make_table(accuracy["rows"], "checkpoint", label, epoch=accuracy.get("epoch"), ema=accuracy.get("ema"),
@@ -63,7 +68,7 @@ def table_from_results(path: str) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("subnets"), list):
         raise DeployError(f"--results {path!r} must be a results.json with a 'subnets' list of rows")
     num = data.get("num_images", data.get("num_samples"))
-    label = f"{os.path.basename(path)}: epoch {data.get('epoch')}, {num} images"
+    label = f"{os.path.basename(path)}: {_after_epoch(data.get('epoch'))}, {num} images"
     return make_table(data["subnets"], "results.json", label, epoch=data.get("epoch"), ema=data.get("ema"),
                       num_images=num, dataset=data.get("dataset"))
 

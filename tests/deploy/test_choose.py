@@ -130,3 +130,13 @@ def test_released_checkpoint_without_a_table_falls_back_to_the_published_one(tmp
     out = capsys.readouterr().out
     assert code == 0 and "published ImageNet-1k top-1 of super_deit_s (not measured here)" in out
     assert "img_size 192, keep_ratio 0.5 (top-1 78.91%" in out
+
+
+def test_table_labels_count_epochs_as_the_training_log_does(tmp_path):
+    """Checkpoints store the 0-based index of their last epoch; the label says 'after epoch N' (1-based)."""
+    rows = [{"img_size": 16, "keep_ratio": 1.0, "acc1": 50.0}]
+    table = accuracy.table_from_checkpoint({"supervit": {"accuracy": {"epoch": 7, "rows": rows}}}, "last.pth.tar")
+    assert "after epoch 8" in table["label"] and table["epoch"] == 7
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"epoch": None, "subnets": rows}))
+    assert "epoch unknown" in accuracy.table_from_results(str(path))["label"]

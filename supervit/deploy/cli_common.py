@@ -27,8 +27,9 @@ def add_timing_arguments(parser) -> None:
     group = parser.add_argument_group("latency measurement")
     group.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     group.add_argument("--batch", type=int, default=1, help="batch size the latency is measured at")
-    group.add_argument("--dtype", default="fp32", choices=sorted(profiling.DTYPES))
-    group.add_argument("--mode", default="eager", choices=profiling.MODES)
+    group.add_argument("--dtype", default="fp32", choices=sorted(profiling.DTYPES), help="input and weight dtype")
+    group.add_argument("--mode", default="eager", choices=profiling.MODES,
+                       help="eager, torch.compile, or a captured CUDA graph (CUDA only)")
     group.add_argument("--backend", default="auto", choices=profiling.BACKENDS, help="kernel backend")
     group.add_argument("--rounds", type=int, default=10, help="interleaved timed rounds per sub-network")
     group.add_argument("--warmup", type=int, default=2, help="untimed calls per sub-network first")

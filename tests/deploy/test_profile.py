@@ -105,3 +105,15 @@ def test_cuda_graph_replays_the_eager_logits():
     assert len(prof["rows"]) == 6 and prof["settings"]["mode"] == "cuda-graph"
     with pytest.raises(DeployError, match="captured for input"):
         graph(torch.randn(2, 1, 16, 16, device="cuda"))
+
+
+@pytest.mark.parametrize("command", ["profile", "choose", "cascade", "export"])
+def test_help_shows_real_defaults_only(command, capsys):
+    """Every subcommand's --help names its defaults (fp32, eager, ...) and prints no '(default: None)'."""
+    with pytest.raises(SystemExit) as done:
+        deploy_main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: False)" not in text
+    if command != "export":
+        assert "(default: fp32)" in text and "(default: eager)" in text

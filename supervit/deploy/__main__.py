@@ -34,7 +34,9 @@ def _module(name: str):
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m supervit.deploy", description="Profile, choose, cascade or export the 12 sub-networks of a SuperViT model.",
+    parser = argparse.ArgumentParser(prog="python -m supervit.deploy",
+                                     description="Profile, choose, cascade or export the 12 sub-networks of a "
+                                                 "SuperViT model.",
                                      formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
     for name, (_, help_text) in SUBCOMMANDS.items():

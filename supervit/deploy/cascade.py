@@ -139,7 +139,7 @@ def calibration_pareto(outputs: dict, labels: torch.Tensor, costs: dict) -> list
 
 def fit_cascade(outputs: dict, labels: torch.Tensor, costs: dict, budget: float, max_stages: int = 2,
                 kinds=CONFIDENCES, grid_points: int = 41, cost_name: str = "gmacs",
-                stage_pool: str = "pareto") -> Cascade:
+                stage_pool: str = "all") -> Cascade:
     """The cascade of highest calibration accuracy whose mean cost per image is within ``budget``.
 
     Args:
@@ -150,8 +150,10 @@ def fit_cascade(outputs: dict, labels: torch.Tensor, costs: dict, budget: float,
         max_stages: longest chain tried (1 = static sub-networks only); chains ascend in cost.
         kinds: confidence measures tried; the better one on the calibration set is kept.
         grid_points: thresholds tried per stage (quantiles of that stage's confidence).
-        stage_pool: ``"pareto"``: stages from the calibration Pareto front only (fewer candidates, less
-            over-fitting of a small calibration set); ``"all"``: every sub-network.
+        stage_pool: ``"all"``: every sub-network may be a stage; ``"pareto"``: only those on the calibration
+            accuracy-vs-cost front (fewer candidates). A final stage is worth its accuracy on the samples the
+            earlier ones escalate, which a static ranking does not see: the largest sub-network can sit below
+            the front on all images and still be the best last stage.
     Ties in accuracy go to the lower mean cost. Raises ``DeployError`` when no chain fits the budget.
     """
     if stage_pool not in ("pareto", "all"):

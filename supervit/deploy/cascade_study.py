@@ -20,7 +20,7 @@ def _acc(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def study(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, gmacs: dict, budget_ratio: float = 0.8,
           budget: float | None = None, costs: dict | None = None, cost_name: str = "gmacs", seed: int = 0,
-          max_stages: int = 2, confidences=casc.CONFIDENCES, stage_pool: str = "pareto", batch_size: int = 256,
+          max_stages: int = 2, confidences=casc.CONFIDENCES, stage_pool: str = "all", batch_size: int = 256,
           curve_ratios=(0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), splits: int = 0, progress: bool = False) -> dict:
     """Static sub-networks and the fitted cascade on two fixed stratified halves of (images, labels).
 
@@ -84,7 +84,7 @@ def study(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, gmacs: d
 
 def split_study(outputs: dict, labels: torch.Tensor, gmacs: dict, seeds, budget_ratio: float = 0.8,
                 budget: float | None = None, max_stages: int = 2, confidences=casc.CONFIDENCES,
-                stage_pool: str = "pareto", tolerance: float = 0.5, max_gmacs_ratio: float = 0.8) -> dict:
+                stage_pool: str = "all", tolerance: float = 0.5, max_gmacs_ratio: float = 0.8) -> dict:
     """How the fitted cascade generalizes: fit and evaluate it again on the stratified halves of other seeds.
 
     On every split the reference is the most accurate sub-network on its calibration half and the budget

@@ -30,8 +30,8 @@ def add_arguments(parser) -> None:
     fit.add_argument("--max-stages", type=int, default=2, choices=(1, 2, 3))
     fit.add_argument("--confidence", default="auto", choices=("auto",) + casc.CONFIDENCES,
                      help="auto: try both, keep the better on the calibration half")
-    fit.add_argument("--stage-pool", default="pareto", choices=("pareto", "all"),
-                     help="stages from the calibration Pareto front, or from every sub-network")
+    fit.add_argument("--stage-pool", default="all", choices=("all", "pareto"),
+                     help="stages from every sub-network, or only from the calibration Pareto front")
     fit.add_argument("--budget-ms", type=float, default=None, help="mean latency budget per image (ms), from "
                      "the profile at --batch (per-image latency = batch latency / batch)")
     fit.add_argument("--splits", type=int, default=0, help="also fit and score the cascade again on this many "

@@ -102,6 +102,32 @@ def test_fit_finds_the_cascade_within_budget():
         casc.fit_cascade(outputs, labels, costs, budget=0.5)
 
 
+def test_a_sub_network_below_the_static_front_can_be_the_best_last_stage():
+    # 'cheap' is right and sure on the easy 70 %; 'mid' is right on 90 % (easy + two thirds of the hard ones);
+    # 'big' costs more than 'mid' and is right on only 85 %, but on every hard one: statically dominated by 'mid'.
+    n, k = 300, 5
+    labels = torch.arange(n) % k
+    hard = torch.arange(n) % 10 >= 7                                   # 30 %
+    mid_right = ~hard | (torch.arange(n) % 10 != 9)                    # misses a third of the hard ones
+    big_right = hard | (torch.arange(n) % 20 >= 3)                     # misses 15 % of all, all easy
+
+    def logits(right, margin):
+        out = torch.zeros(n, k)
+        out[torch.arange(n), torch.where(right, labels, (labels + 1) % k)] = margin
+        return out
+
+    cheap, mid, big = (8, 0.5), (12, 1.0), (16, 1.0)
+    outputs = {cheap: torch.where(hard[:, None], logits(~hard, 0.3), logits(~hard, 6.0)),
+               mid: logits(mid_right, 3.0), big: logits(big_right, 3.0)}
+    costs = {cheap: 1.0, mid: 2.0, big: 3.0}
+    assert casc.calibration_pareto(outputs, labels, costs) == [cheap, mid]
+    fitted = casc.fit_cascade(outputs, labels, costs, budget=2.0)
+    assert fitted.stages == [cheap, big]
+    assert fitted.fit["calibration"]["acc1"] == pytest.approx(100.0)   # easy exit at 'cheap', hard go to 'big'
+    front_only = casc.fit_cascade(outputs, labels, costs, budget=2.0, stage_pool="pareto")
+    assert front_only.fit["calibration"]["acc1"] == pytest.approx(90.0)
+
+
 def test_split_study_refits_on_every_split_and_summarizes_the_gaps():
     from supervit.deploy.cascade_study import format_split_study, split_study
 

@@ -18,6 +18,7 @@ from torch import nn
 from .errors import DeployError
 
 CONFIDENCES = ("max_softmax", "margin")
+STAGE_POOLS = ("all", "pareto")            # every sub-network, or the calibration front only
 
 
 def confidence(logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -156,8 +157,8 @@ def fit_cascade(outputs: dict, labels: torch.Tensor, costs: dict, budget: float,
             the front on all images and still be the best last stage.
     Ties in accuracy go to the lower mean cost. Raises ``DeployError`` when no chain fits the budget.
     """
-    if stage_pool not in ("pareto", "all"):
-        raise DeployError(f"stage_pool must be 'pareto' or 'all', got {stage_pool!r}")
+    if stage_pool not in STAGE_POOLS:
+        raise DeployError(f"stage_pool must be one of {list(STAGE_POOLS)}, got {stage_pool!r}")
     subnets = sorted(outputs, key=lambda s: costs[s])
     if stage_pool == "pareto":
         subnets = calibration_pareto(outputs, labels, costs)

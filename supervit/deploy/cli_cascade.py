@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
     fit.add_argument("--max-stages", type=int, default=2, choices=(1, 2, 3))
     fit.add_argument("--confidence", default="auto", choices=("auto",) + casc.CONFIDENCES,
                      help="auto: try both, keep the better on the calibration half")
-    fit.add_argument("--stage-pool", default="all", choices=("all", "pareto"),
+    fit.add_argument("--stage-pool", default="all", choices=casc.STAGE_POOLS,
                      help="stages from every sub-network, or only from the calibration Pareto front")
     fit.add_argument("--budget-ms", type=float, default=None, help="mean latency budget per image (ms), from "
                      "the profile at --batch (per-image latency = batch latency / batch)")

@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 from supervit.kernels.dispatch import forced_backend  # noqa: E402,F401
-from supervit.deploy.timing import (NOISY_SPREAD, conditions, device_name, load_average, measure,  # noqa: E402,F401
+from supervit.timing import (NOISY_SPREAD, conditions, device_name, load_average, measure,  # noqa: E402,F401
                                     paired_ratio, summarize, sync, time_interleaved)
 
 

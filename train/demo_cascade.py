@@ -11,7 +11,7 @@ import os
 
 from supervit.deploy.cascade_study import format_split_study, format_study, format_timing, study, time_study
 from supervit.deploy.cli_common import model_gmacs
-from supervit.deploy.files import atomic_target
+from supervit.files import atomic_write
 
 from . import digits, report
 
@@ -41,7 +41,7 @@ def report_cascade(model, output_dir: str | None, budget_ratio: float = 0.8, dat
         print(format_split_study(res["splits"]))
     print(format_timing(res) + "\n", flush=True)
     if output_dir:
-        with atomic_target(os.path.join(output_dir, "cascade.json")) as tmp, open(tmp, "w") as handle:
+        with atomic_write(os.path.join(output_dir, "cascade.json")) as tmp, open(tmp, "w") as handle:
             json.dump(res, handle, indent=1, default=float)
         results = os.path.join(output_dir, "results.json")
         if os.path.exists(results):

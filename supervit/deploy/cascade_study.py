@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import cascade as casc
-from . import timing
+from .. import timing
 from .errors import DeployError
 
 

@@ -11,7 +11,7 @@ from . import cascade as casc
 from . import cli_common
 from .cascade_study import format_split_study, format_study, format_timing, study, time_study
 from .errors import DeployError
-from .files import atomic_target
+from ..files import atomic_write
 from .model_source import load_source
 
 
@@ -75,7 +75,7 @@ def _image_folder(path: str, model, limit: int):
 
 
 def _write_json(obj, path: str):
-    with atomic_target(path, make_folder=True) as tmp, open(tmp, "w") as handle:
+    with atomic_write(path, make_folder=True) as tmp, open(tmp, "w") as handle:
         json.dump(obj, handle, indent=1, default=float)
 
 

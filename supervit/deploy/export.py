@@ -18,7 +18,7 @@ from torch import nn
 
 from ..kernels import export_decompositions
 from .errors import DeployError
-from .files import atomic_target
+from ..files import atomic_write
 from .runners import FORMATS, load_runner
 from .subnet import Subnet, check_subnet
 
@@ -105,7 +105,7 @@ def write_program(program: torch.export.ExportedProgram, fmt: str, out, names: l
     if fmt not in FORMATS:
         raise DeployError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
     path = os.path.abspath(os.fspath(out))
-    with atomic_target(path) as tmp:
+    with atomic_write(path) as tmp:
         if fmt == "pt2":
             torch.export.save(program, tmp)
         elif fmt == "aoti":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .choose import pareto_front
-from .files import atomic_target
+from ..files import atomic_write
 
 
 def _panel(ax, points, cost, xlabel, chosen=None, budget=None, cascade=None):
@@ -55,7 +55,7 @@ def plot_operating_points(points: list[dict], path: str, title: str, chosen: dic
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     try:
-        with atomic_target(path, make_folder=True) as tmp:
+        with atomic_write(path, make_folder=True) as tmp:
             fig.savefig(tmp)
     finally:
         plt.close(fig)

@@ -18,10 +18,10 @@ import os
 import torch
 from torch import nn
 
-from . import timing
+from .. import timing
 from ..kernels.dispatch import forced_backend
 from .errors import DeployError
-from .files import atomic_target
+from ..files import atomic_write
 
 MODES = ("eager", "compile", "cuda-graph")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -152,7 +152,7 @@ def save_profile(profile: dict, path: str) -> None:
     """Add (or replace) ``profile`` under its key in ``path``; written to a temp file, then renamed."""
     profiles = read_profiles(path)
     profiles[profile["key"]] = profile
-    with atomic_target(path, make_folder=True) as tmp, open(tmp, "w") as handle:
+    with atomic_write(path, make_folder=True) as tmp, open(tmp, "w") as handle:
         json.dump({"profiles": profiles}, handle, indent=1)
 
 

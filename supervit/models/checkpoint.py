@@ -82,8 +82,26 @@ def load_failure(err: BaseException) -> str:
     return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def strip_wrapper_prefixes(state: dict) -> dict:
+    """``state`` with the prefixes that wrappers add to tensor names (``module.`` of DDP, ``_orig_mod.`` of
+    torch.compile, in any order and number) removed."""
+    out = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
 def extract_state_dict(checkpoint: dict, use_ema: bool = False) -> dict:
-    """The model weights of a released checkpoint dict, without a leading ``module.`` prefix.
+    """The model weights of a released checkpoint dict, without wrapper prefixes (``module.``, ``_orig_mod.``).
 
     Args:
         checkpoint: DeiT-script dict (``model``, ``model_ema``) or timm-saver dict (``state_dict``,
@@ -91,8 +109,7 @@ def extract_state_dict(checkpoint: dict, use_ema: bool = False) -> dict:
         use_ema: take the EMA weights (``model_ema`` / ``state_dict_ema``).
     """
     key = weights_key(checkpoint, use_ema)
-    state = checkpoint if key is None else checkpoint[key]
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return strip_wrapper_prefixes(checkpoint if key is None else checkpoint[key])
 
 
 def weights_key(checkpoint: dict, use_ema: bool = False) -> str | None:
@@ -130,7 +147,7 @@ def convert_plain_vit_state_dict(state_dict: dict, model) -> dict:
 
     Every ``pos_embed_list.i`` is the bicubic resize of ``pos_embed`` to grid i; the other tensors are kept.
     """
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    state = strip_wrapper_prefixes(state_dict)
     if "pos_embed" not in state:
         raise CheckpointError("a plain ViT state dict needs a 'pos_embed' tensor; found none")
     pos_embed = state.pop("pos_embed")
@@ -146,6 +163,54 @@ _FORMATS = {"model": "deit-script", "model_ema": "deit-script", "state_dict": "t
 def has_ema_weights(checkpoint) -> bool:
     """Whether a checkpoint dict holds EMA weights (the DeiT script's ``model_ema``, timm's ``state_dict_ema``)."""
     return isinstance(checkpoint, dict) and any(isinstance(checkpoint.get(k), dict) for k in _STATE_KEYS_EMA)
+
+
+def is_plain_vit_state(state: dict) -> bool:
+    """A plain ViT's weights (one ``pos_embed``) rather than a super-network's (``pos_embed_list.i``)."""
+    return "pos_embed" in state and "pos_embed_list.0" not in state
+
+
+def evaluated_ema(checkpoint: dict) -> bool:
+    """Whether the run that wrote ``checkpoint`` evaluated its EMA weights (the policy of ``pick_weights``).
+
+    The evaluation our trainer records says so (``supervit.accuracy.ema``); otherwise the file's format names the
+    recipe: the timm saver (LV-ViT script) evaluates the EMA weights when it kept them, the DeiT script the raw ones.
+    """
+    if not has_ema_weights(checkpoint):
+        return False
+    info = checkpoint.get("supervit")
+    accuracy = info.get("accuracy") if isinstance(info, dict) else None
+    if isinstance(accuracy, dict) and isinstance(accuracy.get("ema"), bool):
+        return accuracy["ema"]
+    return isinstance(checkpoint.get("state_dict_ema"), dict)
+
+
+class Weights(NamedTuple):
+    """The weights ``pick_weights`` took from a checkpoint: ``state`` (names without wrapper prefixes), the dict
+    ``key`` they came from (None for a bare state dict), whether they are the ``ema``, the file's
+    ``source_format`` ("deit-script", "timm-saver", "state-dict") and the ``epoch`` it records (or None)."""
+
+    state: dict
+    key: str | None
+    ema: bool
+    source_format: str
+    epoch: int | None
+
+
+def pick_weights(checkpoint: dict, ema: bool | None = None) -> Weights:
+    """The model weights of a checkpoint dict (ours, a released file, or a bare state dict).
+
+    Args:
+        ema: True: the EMA weights (CheckpointError when the file has none); False: the raw weights; None: the
+            weights the run evaluated (``evaluated_ema``).
+    """
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"a checkpoint must be a dict, got {type(checkpoint).__name__}")
+    use_ema = evaluated_ema(checkpoint) if ema is None else bool(ema)
+    key = weights_key(checkpoint, use_ema)
+    epoch = checkpoint.get("epoch") if key is not None else None
+    return Weights(extract_state_dict(checkpoint, use_ema), key, key in _STATE_KEYS_EMA, _FORMATS[key],
+                   epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None)
 
 
 class StateFit(NamedTuple):
@@ -169,29 +234,38 @@ def state_fit(model, state: dict) -> StateFit:
                     [k for k in own if k not in state], [k for k in state if k not in own])
 
 
-def load_checkpoint(model, path, use_ema: bool = False, strict: bool = True,
+def load_weights(model, weights: Weights | dict, strict: bool = True, source: str = "checkpoint") -> StateFit:
+    """Load ``weights`` (a ``pick_weights`` result or a state dict) into ``model``; returns how they fit.
+
+    A plain ViT's single ``pos_embed`` is resized into every position table (``convert_plain_vit_state_dict``).
+    Raises ``CheckpointError`` naming ``source`` on ill-shaped tensors, and on missing/unexpected ones when
+    ``strict``; nothing is loaded then.
+    """
+    state = weights.state if isinstance(weights, Weights) else strip_wrapper_prefixes(weights)
+    if is_plain_vit_state(state):
+        state = convert_plain_vit_state_dict(state, model)
+    fit = state_fit(model, state)
+    if fit.wrong_shape:
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(fit.describe_shapes()))
+    if strict and (fit.missing or fit.unexpected):
+        raise CheckpointError(f"{source} does not fit the model: missing {fit.missing[:5]}, "
+                              f"unexpected {fit.unexpected[:5]}")
+    model.load_state_dict(state, strict=False)
+    return fit
+
+
+def load_checkpoint(model, path, use_ema: bool | None = False, strict: bool = True,
                     checkpoint: dict | None = None) -> LoadedCheckpoint:
     """Load a released (or our own) checkpoint into ``model``; returns a ``LoadedCheckpoint`` summary.
 
-    A plain ViT checkpoint (single ``pos_embed``) is converted with ``convert_plain_vit_state_dict``. Use
-    ``read_checkpoint`` for the other entries of the file (optimizer, args, ...); a caller that has read it
-    already passes that dict as ``checkpoint`` so the file is not read twice.
+    The three steps in one call: ``read_checkpoint`` (weights-only), ``pick_weights`` (``use_ema``: True, False, or
+    None for the weights the run evaluated) and ``load_weights`` (a plain ViT's single ``pos_embed`` converted). A
+    caller that has read the file already passes that dict as ``checkpoint`` so it is not read twice.
     Raises ``CheckpointError`` naming the file on unreadable files, and on missing/unexpected/ill-shaped tensors
     when ``strict``.
     """
     checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
-    key = weights_key(checkpoint, use_ema)
-    state = extract_state_dict(checkpoint, use_ema=use_ema)
-    plain = "pos_embed" in state and "pos_embed_list.0" not in state
-    if plain:
-        state = convert_plain_vit_state_dict(state, model)
-    fit = state_fit(model, state)
-    if fit.wrong_shape:
-        raise CheckpointError(f"{os.fspath(path)!r} does not fit the model: " + "; ".join(fit.describe_shapes()))
-    if strict and (fit.missing or fit.unexpected):
-        raise CheckpointError(f"{os.fspath(path)!r} does not fit the model: missing {fit.missing[:5]}, "
-                              f"unexpected {fit.unexpected[:5]}")
-    model.load_state_dict(state, strict=False)
-    epoch = checkpoint.get("epoch") if key is not None else None
-    return LoadedCheckpoint(os.fspath(path), _FORMATS[key], key, key in _STATE_KEYS_EMA, plain, fit.missing,
-                            fit.unexpected, epoch if isinstance(epoch, int) else None)
+    weights = pick_weights(checkpoint, use_ema)
+    fit = load_weights(model, weights, strict, source=repr(os.fspath(path)))
+    return LoadedCheckpoint(os.fspath(path), weights.source_format, weights.key, weights.ema,
+                            is_plain_vit_state(weights.state), fit.missing, fit.unexpected, weights.epoch)

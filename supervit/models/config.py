@@ -93,3 +93,72 @@ def recorded_arch(checkpoint: dict) -> str | None:
         if isinstance(name, str):
             return name
     return None
+
+
+def model_identity(model: nn.Module) -> str:
+    """A name for ``model``'s architecture: the registered name when it is built as registered (any class count,
+    drop-path rate), else the name with a digest of its configuration (``super_lvvit_s-3f2a9c01d4``).
+
+    Latency profiles are keyed by it: two files of one architecture share a profile, two architectures never do.
+    """
+    import hashlib
+    import json
+
+    import timm
+
+    config = model_config(model)
+    kwargs = {k: v for k, v in config["kwargs"].items() if k not in ("drop_path_rate", "num_classes")}
+    import torch
+
+    with torch.device("meta"):
+        registered = model_config(timm.create_model(config["arch"]))["kwargs"]
+    if all(registered.get(k) == v for k, v in kwargs.items()):
+        return config["arch"]
+    digest = hashlib.sha1(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{config['arch']}-{digest}"
+
+
+def model_for_checkpoint(checkpoint: dict, name: str | None = None, source: str = "checkpoint",
+                         **overrides) -> nn.Module:
+    """The model (random weights) that the weights of ``checkpoint`` belong to.
+
+    Our files record their configuration (any architecture, the demo's included); released files name their
+    architecture (timm saver ``arch``, DeiT script ``args.model``); a bare state dict names none, and ``name`` (a
+    registered model) says which. When both the file and ``name`` name a model they must agree. Without a recorded
+    configuration the class count is the width of the file's ``head``.
+
+    Args:
+        name: a registered model name (``super_deit_s``) or None.
+        source: how errors name the file (e.g. ``"--checkpoint 'a.pth'"``).
+        overrides: constructor arguments replacing the file's (e.g. ``drop_path_rate=0.0``).
+    Raises ValueError naming ``source``, ``name`` and the accepted names.
+    """
+    import timm
+
+    from .checkpoint import CheckpointError, extract_state_dict
+
+    known = timm.list_models("super_*")
+    if name is not None and name not in known:
+        raise ValueError(f"model name must be one of {known}, got {name!r}")
+    config = recorded_model_config(checkpoint)
+    recorded = recorded_arch(checkpoint)
+    if name is not None and recorded is not None and recorded != name:
+        raise ValueError(f"{source} records model {recorded!r} but {name!r} was given; drop the model name or give "
+                         f"{recorded!r}")
+    if config is not None:
+        try:
+            return create_from_config(config, **overrides)
+        except ValueError as err:
+            raise ValueError(f"{source}: its model config cannot be rebuilt: {err}") from None
+    arch = recorded or name
+    if arch not in known:
+        raise ValueError(f"{source} names no known model (recorded {arch!r}); give the model name too, one of "
+                         f"{known}")
+    kwargs = dict(overrides)
+    try:
+        head = extract_state_dict(checkpoint).get("head.weight")
+    except CheckpointError:
+        head = None
+    if "num_classes" not in kwargs and head is not None and head.dim() == 2:
+        kwargs["num_classes"] = int(head.shape[0])
+    return timm.create_model(arch, **kwargs)

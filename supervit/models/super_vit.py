@@ -12,6 +12,7 @@ from timm.layers import trunc_normal_
 from ..kernels.validation import check_keep_ratio, is_plain_int
 from .features import FeaturesMixin
 from .layers import Block, PatchEmbed
+from .subnet import check_subnet, model_subnets, untrained_keep_message
 
 
 def resize_to(x: torch.Tensor, img_size: int) -> torch.Tensor:
@@ -38,18 +39,6 @@ def guard_traced_args(x, names: tuple, given: tuple, traced: tuple):
 
 
 torch.fx.wrap("guard_traced_args")
-
-
-def _as_known(value, known: tuple):
-    """``value`` replaced by the equal constant of ``known`` (unchanged when none is equal).
-
-    Under torch.compile the comparison guards on the value, so every known sub-network is traced with constant
-    arguments (one graph each) even after dynamo has made a changing int/float argument symbolic.
-    """
-    for constant in known:
-        if value == constant:
-            return constant
-    return value
 
 
 class SuperVisionTransformer(FeaturesMixin, nn.Module):
@@ -142,8 +131,8 @@ class SuperVisionTransformer(FeaturesMixin, nn.Module):
         self.grad_checkpointing = bool(enable)
 
     def subnets(self):
-        """All (img_size, keep_ratio) operating points, grid-major."""
-        return [(s, r) for s in self.img_sizes for r in self.keep_ratios]
+        """All ``Subnet(img_size, keep_ratio)`` operating points, grid-major."""
+        return model_subnets(self)
 
     def set_subnet(self, img_size: int, keep_ratio: float = 1.0):
         """Make (img_size, keep_ratio) what a plain ``model(x)`` runs."""
@@ -171,10 +160,7 @@ class SuperVisionTransformer(FeaturesMixin, nn.Module):
 
     # ------------------------------------------------------------------------------------------------------------
     def _check_subnet(self, img_size, keep_ratio):
-        img_size, keep_ratio = _as_known(img_size, self.img_sizes), _as_known(keep_ratio, self.keep_ratios)
-        if img_size not in self.img_sizes:
-            raise ValueError(f"img_size must be one of {list(self.img_sizes)}, got {img_size!r}")
-        return int(img_size), check_keep_ratio(keep_ratio)
+        return check_subnet(self, img_size, keep_ratio)
 
     def _check_input(self, x):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
@@ -188,9 +174,7 @@ class SuperVisionTransformer(FeaturesMixin, nn.Module):
 
     def _warn_untrained(self, x, img_size: int, keep_ratio: float):
         if keep_ratio not in self.keep_ratios:
-            self._warn_once(("keep_ratio", keep_ratio), (
-                f"keep_ratio={keep_ratio:g} is not one of the trained keep rates {list(self.keep_ratios)}: the "
-                "sub-network runs, but the weights were not trained for it"))
+            self._warn_once(("keep_ratio", keep_ratio), untrained_keep_message(keep_ratio, self.keep_ratios))
         side, largest = tuple(x.shape[-2:]), self.img_sizes[-1]
         if side not in ((largest, largest), (img_size, img_size)):
             self._warn_once(("input", side), (

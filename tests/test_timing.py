@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from supervit.deploy import timing
+from supervit import timing
 
 
 def test_rounds_rotate_and_every_candidate_is_warmed_up_first():

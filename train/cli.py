@@ -105,6 +105,9 @@ def add_common_arguments(parser: argparse.ArgumentParser):
     group.add_argument("--max-nonfinite-steps", type=int, default=20,
                        help="stop with an error after this many consecutive steps with a NaN/inf loss (each such "
                             "step is skipped, as AMP's scaler does)")
+    group.add_argument("--data-backend", choices=["pil", "device"], default="pil",
+                       help="training data path: 'pil' decodes and augments on CPU loader workers (PIL); 'device' "
+                            "decodes JPEGs and augments on the training device (nvJPEG on CUDA)")
     group.add_argument("--dump-rank-weights", action="store_true", help=argparse.SUPPRESS)  # tests: weights/rank
 
 

@@ -1,11 +1,10 @@
-"""The shared engine: the 4-sub-network training step and the 12-sub-network evaluation.
+"""The trainer's engine: the optimizer step around the SuperViT step, the epoch loop and the 12-sub-network
+evaluation.
 
-One optimizer step: sample ``[(L, 1), (L, r1), (s, 1), (s, r2)]`` (L the largest image size, s uniform among the
-others, r1 and r2 uniform among the keep rates below 1); zero the gradients once; for each sub-network forward,
-loss, and backward at once (its activations are freed before the next; gradients add up with weight 1); then one
-optimizer step, scaler update and EMA update. Full-keep sub-networks take the recipe's supervised loss; a reduced one
-takes ``KLDiv(batchmean)(log_softmax(student), softmax(teacher.detach()))`` from its teacher. Under DDP the first
-three backward passes run in ``no_sync`` so gradients are summed locally and all-reduced once, on the fourth.
+The SuperViT step itself (the 4 sub-networks' forwards, losses and summed backward passes) is
+``supervit.training.supervit_step``; here follow what a training loop adds to it: unscale once, clip, the optimizer
+step, the scaler and EMA updates, and the handling of non-finite losses (a step with a NaN/inf loss is skipped on
+every rank; too many in a row stop the run).
 """
 from __future__ import annotations
 
@@ -22,16 +21,14 @@ from torch import nn
 from timm.utils import dispatch_clip_grad
 from tqdm import tqdm
 
+from supervit.models.subnet import Subnet
+from supervit.training import TEACHERS, ClassificationTask, kd_loss, sample_subnets, supervit_step
+
 from . import faults
 from .distributed import DistInfo, all_reduce_sum
 
-Subnet = tuple  # (img_size: int, keep_ratio: float)
-
-# Teacher of each of the 4 sub-networks, by index into [(L,1), (L,r1), (s,1), (s,r2)]; None = supervised loss.
-TEACHERS = {
-    "group": (None, 0, None, 2),  # DeiT recipe and the paper: each reduced keep learns from its own size's full keep
-    "full": (None, 0, None, 0),   # LV-ViT reference script: both reduced keeps learn from (L, 1)
-}
+__all__ = ["Amp", "ClassificationTask", "LOSS_NAMES", "NonFiniteLossError", "STEP_HOOKS", "StepContext", "Subnet",
+           "TEACHERS", "evaluate", "kd_loss", "sample_subnets", "subnet_key", "train_one_epoch", "train_step"]
 
 # Inspection seam: callables run after every sub-network's backward with a dict (see ``train_step``).
 STEP_HOOKS: list[Callable[[dict], None]] = []
@@ -39,61 +36,7 @@ STEP_HOOKS: list[Callable[[dict], None]] = []
 
 def subnet_key(img_size: int, keep_ratio: float) -> str:
     """'224_1', '128_0.5' ...: the prefix of the metric keys of a sub-network."""
-    return f"{int(img_size)}_{float(keep_ratio):g}"
-
-
-def sample_subnets(rng: random.Random, img_sizes, keep_ratios, allowed=None) -> list[Subnet | None]:
-    """``[(L, 1), (L, r1), (s, 1), (s, r2)]`` drawn with ``rng``.
-
-    ``allowed`` (a set of (img_size, keep_ratio), from ``--subnets``): draw from it only; L is its largest size,
-    and a slot it cannot fill (no smaller size, or no reduced keep of that size) is None and is not trained.
-    """
-    if allowed is not None:
-        return _sample_allowed(rng, allowed)
-    largest, others = img_sizes[-1], list(img_sizes[:-1]) or [img_sizes[-1]]
-    reduced = [r for r in keep_ratios if r < 1.0] or [1.0]
-    small = rng.choice(others)
-    r1, r2 = rng.choice(reduced), rng.choice(reduced)
-    return [(largest, 1.0), (largest, r1), (small, 1.0), (small, r2)]
-
-
-def _sample_allowed(rng: random.Random, allowed) -> list[Subnet | None]:
-    sizes = sorted({int(size) for size, _ in allowed})
-    largest, others = sizes[-1], sizes[:-1]
-
-    def reduced(size):
-        return sorted(r for s, r in allowed if s == size and r < 1.0)
-
-    small = rng.choice(others) if others else None
-    r1 = rng.choice(reduced(largest)) if reduced(largest) else None
-    r2 = rng.choice(reduced(small)) if small is not None and reduced(small) else None
-    return [(largest, 1.0), (largest, r1) if r1 is not None else None, (small, 1.0) if small is not None else None,
-            (small, r2) if r2 is not None else None]
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """KLDiv(batchmean)(log_softmax(student), softmax(teacher.detach())), T = 1, computed in fp32."""
-    return F.kl_div(F.log_softmax(student_logits.float(), dim=-1), F.softmax(teacher_logits.detach().float(), dim=-1),
-                    reduction="batchmean")
-
-
-class ClassificationTask:
-    """DeiT recipe: Mixup/CutMix targets and soft-target (or label-smoothing) cross-entropy."""
-
-    def __init__(self, criterion: nn.Module, mixup_fn=None):
-        self.criterion, self.mixup_fn = criterion, mixup_fn
-
-    def prepare(self, images, targets):
-        """(images, loss targets, extra forward kwargs) of one batch; all four sub-networks see the same."""
-        if self.mixup_fn is not None:
-            images, targets = self.mixup_fn(images, targets)
-        return images, targets, {}
-
-    def logits(self, output):
-        return output
-
-    def supervised_loss(self, output, targets, largest: bool):
-        return self.criterion(output.float(), targets)
+    return Subnet(int(img_size), float(keep_ratio)).key
 
 
 @dataclass
@@ -147,45 +90,19 @@ def zero_grads(module: nn.Module, optimizer: torch.optim.Optimizer):
             param.grad = torch.zeros_like(param)
 
 
-def _sync_context(ctx: StepContext, last: bool):
-    """no_sync for every backward pass but the step's last under DDP: one gradient all-reduce per step."""
-    if ctx.info.distributed and not last and hasattr(ctx.model, "no_sync"):
-        return ctx.model.no_sync()
-    return contextlib.nullcontext()
-
-
 def train_step(ctx: StepContext, images, targets, subnets: list[Subnet | None], num_updates: int) -> dict:
     """One optimizer step over the 4 sub-networks (None entries skipped, loss 0); returns {'losses': [4 floats],
     'stepped': bool}."""
-    images, loss_targets, fwd_kwargs = ctx.task.prepare(images, targets)
-    largest = ctx.module.img_sizes[-1]
     zero_grads(ctx.module, ctx.optimizer)
-    kept_logits: dict[int, torch.Tensor] = {}
-    losses = []
-    last = max(i for i, subnet in enumerate(subnets) if subnet is not None)
-    for i, subnet in enumerate(subnets):
-        if subnet is None:
-            losses.append(torch.zeros((), device=images.device))
-            continue
-        size, ratio = subnet
-        teacher = ctx.teachers[i]
-        with _sync_context(ctx, i == last):
-            with ctx.amp.autocast():
-                output = ctx.model(images, img_size=size, keep_ratio=ratio, **fwd_kwargs)
-                logits = ctx.task.logits(output)
-                if teacher is None:
-                    loss = ctx.task.supervised_loss(output, loss_targets, largest=size == largest)
-                else:
-                    loss = kd_loss(logits, kept_logits[teacher])
-            if i in ctx.teachers:
-                kept_logits[i] = logits.detach()
-            (ctx.scaler.scale(loss) if ctx.scaler is not None else loss).backward()
-        losses.append(loss.detach())
+
+    def after_backward(event):
         for hook in STEP_HOOKS:
-            hook(dict(index=i, subnet=(size, ratio), teacher=teacher, loss=loss.detach(), logits=logits.detach(),
-                      teacher_logits=None if teacher is None else kept_logits[teacher], module=ctx.module))
-        del output, logits, loss
-    losses_t = torch.stack(losses).float()  # [4]
+            hook({**event, "module": ctx.module})
+
+    result = supervit_step(ctx.model, images, targets, subnets, ctx.task, teachers=ctx.teachers,
+                           amp_dtype=ctx.amp.dtype, scaler=ctx.scaler,
+                           on_backward=after_backward if STEP_HOOKS else None)
+    losses_t = result.losses  # [4]
     finite = torch.isfinite(losses_t).all().to(torch.int32).reshape(1)
     if ctx.info.distributed:  # every rank takes the same skip decision
         finite = finite.to(ctx.info.device)
@@ -236,10 +153,13 @@ LOSS_NAMES = ("loss_full", "loss_kd_full", "loss_small", "loss_kd_small")
 
 
 def train_one_epoch(ctx: StepContext, loader, epoch: int, rng: random.Random, scheduler=None,
-                    updates_per_epoch: int = 0, max_steps: int = 0, progress: bool = True, allowed=None) -> dict:
+                    updates_per_epoch: int = 0, max_steps: int = 0, progress: bool = True, allowed=None,
+                    batch_transform=None) -> dict:
     """One pass over ``loader``; returns the mean of each of the 4 losses, the lr, step counts and time.
 
     ``allowed``: the sub-networks training may draw (``--subnets``); None = all of the model's.
+    ``batch_transform``: None or ``(images, targets) -> (images, targets)``, applied on the device right after the
+    host-to-device copy (a device-side data path); its time counts as data time.
     """
     ctx.model.train()
     sums = torch.zeros(4, dtype=torch.float64)
@@ -257,6 +177,8 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, rng: random.Random, sc
             scheduler.step_update(num_updates)
         images = images.to(ctx.info.device, non_blocking=True)
         targets = _to_device(targets, ctx.info.device)
+        if batch_transform is not None:
+            images, targets = batch_transform(images, targets)
         subnets = sample_subnets(rng, ctx.module.img_sizes, ctx.module.keep_ratios, allowed)
         out = train_step(ctx, images, targets, subnets, num_updates + 1)
         sums += torch.tensor(out["losses"], dtype=torch.float64).nan_to_num(0.0)

@@ -13,12 +13,12 @@ from torch import nn
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-import supervit  # noqa: F401 - registers super_deit_s / super_lvvit_s with timm
+import supervit.models  # noqa: F401 - registers super_deit_s / super_lvvit_s with timm
 from supervit.models import SuperDeiT, SuperLVViT
 
 from . import data as data_lib
 from . import digits
-from .engine import TEACHERS, ClassificationTask
+from supervit.training import ClassificationTask, teacher_rule
 
 
 def model_kwargs(args) -> dict:
@@ -89,17 +89,18 @@ class Recipe:
                                      self.data_arg_name)
 
     def train_set(self, model):
-        """(dataset, collate_fn or None)."""
+        """(dataset, collate_fn or None, batch_transform or None): ``batch_transform(images, targets) -> (images,
+        targets)`` runs on the device right after the host-to-device copy."""
         args = self.args
         if args.demo:
-            return digits.digits_datasets()[0], digits.RandomAffineCollate() if args.demo_aug else None
+            return digits.digits_datasets()[0], digits.RandomAffineCollate() if args.demo_aug else None, None
         return data_lib.image_folder(args.data_path, "train", data_lib.train_transform(args, model.img_sizes[-1]),
-                                     self.data_arg_name), None
+                                     self.data_arg_name), None, None
 
     data_arg_name = "--data-path"
 
     def teachers(self) -> tuple:
-        return TEACHERS[self.args.kd_teacher]
+        return teacher_rule(self.args.kd_teacher)
 
     def build_task(self, model):
         raise NotImplementedError
@@ -168,7 +169,7 @@ class LVViTRecipe(Recipe):
                                         ratio=tuple(args.ratio), interpolation=args.train_interpolation,
                                         hflip=args.hflip, auto_augment=None if args.aa in (None, "", "none")
                                         else args.aa, reprob=args.reprob, remode=args.remode, recount=args.recount)
-        return TokenLabelDataset(args.data_path, args.token_label_data, transform, self.data_arg_name), None
+        return TokenLabelDataset(args.data_path, args.token_label_data, transform, self.data_arg_name), None, None
 
     def build_task(self, model):
         from .token_label import TokenLabelTask

@@ -163,7 +163,7 @@ def _run(args, recipe, info):
     if args.eval:
         return run_eval_only(args, recipe, model, info, amp, ckpt)
 
-    train_set, collate = recipe.train_set(model)
+    train_set, collate, batch_transform = recipe.train_set(model)
     train_set = data_lib.guard_images(train_set, strict=args.strict_data)  # unreadable images: skipped or error
     eval_set = data_lib.guard_images(recipe.eval_set(model), strict=args.strict_data, drop=True)
     if hasattr(train_set, "classes") and hasattr(eval_set, "classes"):
@@ -234,7 +234,8 @@ def _run(args, recipe, info):
         scheduler.step(epoch)
         marks = (data_lib.skipped_images(train_set), data_lib.skipped_images(eval_set))
         stats = train_one_epoch(ctx, loader, epoch, rng, scheduler=scheduler, updates_per_epoch=updates_per_epoch,
-                                max_steps=args.max_steps_per_epoch, progress=not args.no_progress, allowed=allowed)
+                                max_steps=args.max_steps_per_epoch, progress=not args.no_progress, allowed=allowed,
+                                batch_transform=batch_transform)
         full_table = epoch == total_epochs - 1 or (args.eval_interval and (epoch + 1) % args.eval_interval == 0)
         eval_model = ema.module if (recipe.eval_uses_ema and ema is not None) else model
         metrics = evaluate(eval_model, val_loader, subnets if full_table else [model_source.largest_full(subnets)],

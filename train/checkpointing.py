@@ -11,21 +11,22 @@ Both add ``lr_scheduler`` (timm's saver lacks it) and a ``supervit`` dict; refer
      "model_config": {"arch", "kwargs"} (rebuilds the model without the training code),
      "accuracy": {"epoch", "ema", "num_images", "dataset",
                   "rows": [{"img_size", "keep_ratio", "acc1", "acc5", "gmacs"}, ...]}  (latest full evaluation)}
- Files are written to a temporary file in the same folder, fsync'ed, then renamed
-over the target (``os.replace``), so a crash never leaves a half-written checkpoint under the final name.
+
+Files are written through ``supervit.files.atomic_write`` (a temporary file in the same folder, fsync'ed, given the
+permissions of a plainly created file, renamed over the target), so a crash never leaves a half-written checkpoint
+under the final name.
 ``args`` is stored as an ``argparse.Namespace`` of plain values, which ``supervit.models.read_checkpoint`` allows.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import tempfile
 
 import torch
 
-from supervit.models import CheckpointError, extract_state_dict, read_checkpoint, state_fit
+from supervit.files import atomic_write, is_partial_write
+from supervit.models import has_ema_weights, load_weights, pick_weights, read_checkpoint
 
 from . import faults
 
@@ -37,39 +38,10 @@ FORMAT_VERSION = 1
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def _fsync_dir(directory: str):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _replaced_atomically(path: str):
-    """Yield a temporary path beside ``path``; on success rename it over ``path`` (fsync'ed), else remove it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_save(obj, path: str):
-    """torch.save to a temporary file next to ``path``, fsync, then rename over ``path``."""
-    with _replaced_atomically(path) as tmp:
+    """torch.save ``obj`` to ``path`` through ``supervit.files.atomic_write`` (a temporary file beside it, fsync,
+    the permissions of a plainly created file, rename): a crash never leaves a half-written file under ``path``."""
+    with atomic_write(path, make_folder=True) as tmp:
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
@@ -78,19 +50,19 @@ def atomic_save(obj, path: str):
 
 
 def atomic_copy(src: str, dst: str):
-    """Copy ``src`` to ``dst`` through a temporary file and a rename."""
-    with _replaced_atomically(dst) as tmp:
+    """Copy ``src`` to ``dst`` through ``atomic_write``."""
+    with atomic_write(dst, make_folder=True) as tmp:
         shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
 
 
 def plain_value(value):
     """``value`` if it is built of str/int/float/bool/None/list/tuple/dict only, else its ``str``."""
     if isinstance(value, _PLAIN):
         return value
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain_value(v) for v in value)
+    if isinstance(value, tuple):  # named tuples (e.g. Subnet) too: a plain tuple loads weights-only
+        return tuple(plain_value(v) for v in value)
+    if isinstance(value, list):
+        return [plain_value(v) for v in value]
     if isinstance(value, dict):
         return {str(k): plain_value(v) for k, v in value.items()}
     return str(value)
@@ -143,11 +115,12 @@ def check_finite_weights(**modules) -> None:
 
 
 def remove_stale_temporaries(output_dir: str, fmt: str) -> list[str]:
-    """Delete temporary files that a killed save left behind (``<checkpoint name>.*.tmp``); returns their paths."""
-    prefixes = tuple(name + "." for name in FORMATS[fmt].values())
+    """Delete the temporary files that a killed save left behind for this format's checkpoints
+    (``supervit.files.is_partial_write``); returns their paths."""
+    targets = FORMATS[fmt].values()
     removed = []
     for entry in os.scandir(output_dir) if os.path.isdir(output_dir) else ():
-        if entry.is_file() and entry.name.startswith(prefixes) and entry.name.endswith(".tmp"):
+        if entry.is_file() and any(is_partial_write(entry.name, target) for target in targets):
             try:
                 os.unlink(entry.path)
                 removed.append(entry.path)
@@ -180,15 +153,6 @@ def find_autoresume(output_dir: str | None, fmt: str) -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def load_model_weights(model, state: dict, path: str):
-    fit = state_fit(model, state)
-    if fit.wrong_shape or fit.missing or fit.unexpected:
-        raise CheckpointError(f"{path!r} does not fit the model (same --model and model options as the run that "
-                              f"wrote it?): shape {fit.describe_shapes(3)}, missing {fit.missing[:5]}, "
-                              f"unexpected {fit.unexpected[:5]}")
-    model.load_state_dict(state)
-
-
 def resume(path: str, *, model, optimizer=None, scheduler=None, scaler=None, ema=None) -> dict:
     """Restore a run from a checkpoint of either format; returns {'start_epoch', 'best_metric', 'best_epoch',
     'accuracy'} (the last full evaluation it records, or None).
@@ -196,7 +160,7 @@ def resume(path: str, *, model, optimizer=None, scheduler=None, scaler=None, ema
     The optimizer, scheduler, scaler and EMA are restored when given and present in the file.
     """
     ckpt = read_checkpoint(path)
-    load_model_weights(model, extract_state_dict(ckpt, use_ema=False), path)
+    load_weights(model, pick_weights(ckpt, ema=False), source=repr(path))
     if optimizer is not None and isinstance(ckpt.get("optimizer"), dict):
         optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and isinstance(ckpt.get("lr_scheduler"), dict):
@@ -205,10 +169,8 @@ def resume(path: str, *, model, optimizer=None, scheduler=None, scaler=None, ema
     if scaler is not None and isinstance(scaler_state, dict) and scaler_state:
         scaler.load_state_dict(scaler_state)
     if ema is not None:
-        ema_state = ckpt.get("model_ema", ckpt.get("state_dict_ema"))
-        if isinstance(ema_state, dict):
-            ema_state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ema_state.items()}
-            load_model_weights(ema.module, ema_state, path)
+        if has_ema_weights(ckpt):
+            load_weights(ema.module, pick_weights(ckpt, ema=True), source=f"{path!r} (EMA weights)")
         else:  # a checkpoint without EMA weights: start the EMA from the model
             ema.module.load_state_dict(model.state_dict())
     extra = ckpt.get("supervit") or {}

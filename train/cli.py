@@ -26,6 +26,27 @@ User errors print one line and exit with code 2; set SUPERVIT_DEBUG=1 to see the
 """
 
 
+DEFER_ENV = "SUPERVIT_DEFER_IMPORTS"
+_deferred_here = False
+
+
+def defer_heavy_imports():
+    """Make ``import supervit`` load torch only on first use, for a script run from the command line: ``--help`` and
+    argument errors then answer at once. ``parse`` undoes it once the arguments are parsed (child processes do not
+    inherit it)."""
+    global _deferred_here
+    if os.environ.get(DEFER_ENV) is None:
+        os.environ[DEFER_ENV] = "1"
+        _deferred_here = True
+
+
+def _end_deferral():
+    global _deferred_here
+    if _deferred_here:
+        os.environ.pop(DEFER_ENV, None)
+        _deferred_here = False
+
+
 class UsageError(ValueError):
     """A command-line value that cannot work (named in the message with what would)."""
 
@@ -46,13 +67,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line (``prog: error: message``, exit code 2), without the usage
+    block (``--help`` shows it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def make_parser(prog_description: str, demo_overrides: dict | None = None) -> argparse.ArgumentParser:
     """An ArgumentParser with defaults shown and the shared epilog (demo defaults, sub-network syntax, exit codes)."""
     demo = {**DEMO_DEFAULTS, **(demo_overrides or {})}
     shown = ", ".join(f"{k.replace('_', '-')} {({True: 'on', False: 'off'}.get(v, v) if isinstance(v, bool) else v)}"
                       for k, v in demo.items())
     shown = "\n  ".join(textwrap.wrap(shown, 110, break_on_hyphens=False))
-    return argparse.ArgumentParser(description=prog_description, formatter_class=HelpFormatter,
+    return ArgumentParser(description=prog_description, formatter_class=HelpFormatter,
                                    epilog=EPILOG.format(demo=shown))
 
 
@@ -111,22 +140,15 @@ def add_common_arguments(parser: argparse.ArgumentParser):
     group.add_argument("--dump-rank-weights", action="store_true", help=argparse.SUPPRESS)  # tests: weights/rank
 
 
-def parse_subnets(text: str) -> list[tuple[int, float]]:
-    """'224:1,160:0.5' -> [(224, 1.0), (160, 0.5)]; 'all' -> None is not accepted here (omit the flag)."""
-    pairs = []
-    for item in text.split(","):
-        size, sep, keep = item.strip().partition(":")
-        try:
-            pair = (int(size), float(keep))
-        except ValueError:
-            pair = None
-        if not sep or pair is None or not 0.0 < pair[1] <= 1.0:
-            raise argparse.ArgumentTypeError(f"expected SIZE:KEEP pairs separated by commas (e.g. 224:1,160:0.5), "
-                                             f"got {item.strip()!r}")
-        pairs.append(pair)
-    if len(set(pairs)) != len(pairs):
-        raise argparse.ArgumentTypeError(f"a sub-network is listed twice in {text!r}")
-    return pairs
+def parse_subnets(text: str):
+    """argparse type of ``--subnets``: '224:1,160:0.5' -> [Subnet(224, 1.0), Subnet(160, 0.5)] by the one parser
+    (``supervit.models.parse_subnets``); its error becomes argparse's one-line error (exit code 2)."""
+    from supervit.models.subnet import SubnetError, parse_subnets as parse  # no torch
+
+    try:
+        return parse(text, "--subnets")
+    except SubnetError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--subnets: ")) from None
 
 
 def wants_demo(argv: list[str], data_given) -> bool:
@@ -160,7 +182,10 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None, demo: bool,
     if demo and not {"-h", "--help"} & set(argv):  # help shows the recipe's defaults; the epilog the demo's
         defaults = {**DEMO_DEFAULTS, **(demo_overrides or {})}
         parser.set_defaults(**{k: v for k, v in defaults.items() if _has_dest(parser, k)})
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        _end_deferral()
     args.demo = demo
     args.explicit = sorted(explicit_dests(parser, argv))
     return args

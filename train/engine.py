@@ -28,15 +28,10 @@ from . import faults
 from .distributed import DistInfo, all_reduce_sum
 
 __all__ = ["Amp", "ClassificationTask", "LOSS_NAMES", "NonFiniteLossError", "STEP_HOOKS", "StepContext", "Subnet",
-           "TEACHERS", "evaluate", "kd_loss", "sample_subnets", "subnet_key", "train_one_epoch", "train_step"]
+           "TEACHERS", "evaluate", "kd_loss", "sample_subnets", "train_one_epoch", "train_step"]
 
 # Inspection seam: callables run after every sub-network's backward with a dict (see ``train_step``).
 STEP_HOOKS: list[Callable[[dict], None]] = []
-
-
-def subnet_key(img_size: int, keep_ratio: float) -> str:
-    """'224_1', '128_0.5' ...: the prefix of the metric keys of a sub-network."""
-    return Subnet(int(img_size), float(keep_ratio)).key
 
 
 @dataclass
@@ -244,8 +239,9 @@ def evaluate(model: nn.Module, loader, subnets: list[Subnet], amp: Amp, info: Di
     n = max(count.item(), 1.0)
     metrics = {}
     for j, (size, ratio) in enumerate(subnets):
-        metrics[f"{subnet_key(size, ratio)}_acc1"] = 100.0 * correct[j, 0].item() / n
-        metrics[f"{subnet_key(size, ratio)}_acc5"] = 100.0 * correct[j, 1].item() / n
+        key = Subnet(int(size), float(ratio)).key
+        metrics[f"{key}_acc1"] = 100.0 * correct[j, 0].item() / n
+        metrics[f"{key}_acc5"] = 100.0 * correct[j, 1].item() / n
     metrics["loss"] = loss_sum.item() / n
     metrics["num_samples"] = int(count.item())
     return metrics

@@ -19,6 +19,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from train import cli  # noqa: E402  (argparse only: --help answers without importing torch)
 
+if __name__ == "__main__":  # `import supervit` loads torch on first use only, after the arguments parsed
+    cli.defer_heavy_imports()
+
 DEMO_OVERRIDES = {"lr": 1e-3}  # the DeiT demo model (linear patch embedding) was unstable at 3e-3: keep 1e-3
 
 

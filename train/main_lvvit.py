@@ -20,6 +20,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from train import cli  # noqa: E402  (argparse only: --help answers without importing torch)
 
+if __name__ == "__main__":  # `import supervit` loads torch on first use only, after the arguments parsed
+    cli.defer_heavy_imports()
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.make_parser("SuperViT(LV-ViT-S) training and evaluation (the LV-ViT / timm train.py command line).")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 
-from supervit.models import extract_state_dict, read_checkpoint, recorded_arch, recorded_model_config, state_fit
+from supervit.models import check_subnets, model_config, model_for_checkpoint, read_checkpoint, recorded_model_config
+from supervit.models.subnet import Subnet
 
 from .cli import UsageError
 from .data import check_split_dir
@@ -23,40 +24,33 @@ def count_class_folders(data_path: str, arg_name: str) -> int:
     return sum(1 for entry in os.scandir(train) if entry.is_dir())
 
 
-def resolve_model_source(args, recipe, log) -> tuple[dict | None, dict | None]:
+def resolve_model_source(args, recipe, log):
     """Fill in what the user left open before the model is built.
 
-    Returns (the checkpoint read for ``--eval``, or None; the model config to build from it, or None: then
-    ``--model`` and the model options name the model).
+    Returns (the checkpoint read for ``--eval``, or None; the model it belongs to, or None: then ``--model`` and the
+    model options name the model, ``recipe.build_model()``).
 
-    * ``--eval --resume CKPT``: the model (and its class count) the checkpoint records, unless ``--model``,
-      ``--nb-classes``/``--num-classes`` or ``--model-kwargs`` say otherwise (a released file without our config:
-      its recorded model name and its head's width).
+    * ``--eval --resume CKPT``: the model the checkpoint belongs to (``supervit.models.model_for_checkpoint``: its
+      recorded configuration, else the model it names with its head's class count); ``--model`` must agree with the
+      file, ``--nb-classes``/``--num-classes`` and ``--model-kwargs`` override.
     * training on a data folder without ``--nb-classes``: the number of class folders of ``train/``.
     """
     explicit = set(getattr(args, "explicit", ()))
     if args.eval and args.resume:
-        ckpt = read_checkpoint(args.resume)
-        config = recorded_model_config(ckpt)
-        if config is not None and "arch" in config and "model" not in explicit:
-            kwargs = dict(config.get("kwargs") or {})
-            if args.nb_classes is not None:
-                kwargs["num_classes"] = args.nb_classes
-            from .recipes import model_kwargs
+        from .recipes import model_kwargs
 
-            kwargs.update(model_kwargs(args))
-            log(f"model from {os.path.basename(args.resume)}: {config['arch']} with "
-                f"{kwargs.get('num_classes')} classes, sub-networks {kwargs.get('img_sizes')} x "
-                f"{kwargs.get('keep_ratios')}")
-            return ckpt, {"arch": config["arch"], "kwargs": kwargs}
-        arch = recorded_arch(ckpt)
-        if not args.demo and "model" not in explicit and arch and arch.startswith("super_"):
-            args.model = arch
-        if args.nb_classes is None and not args.demo:
-            head = extract_state_dict(ckpt).get("head.weight")
-            if head is not None and head.dim() == 2:
-                args.nb_classes = int(head.shape[0])
-        return ckpt, None
+        ckpt = read_checkpoint(args.resume)
+        if args.demo and recorded_model_config(ckpt) is None:  # a demo file without our record: the demo model
+            return ckpt, None
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in model_kwargs(args).items()}
+        if args.nb_classes is not None:
+            overrides["num_classes"] = args.nb_classes
+        model = model_for_checkpoint(ckpt, name=args.model if "model" in explicit else None,
+                                     source=f"--resume {args.resume!r}", **overrides)
+        kwargs = model_config(model)["kwargs"]
+        log(f"model from {os.path.basename(args.resume)}: {model_config(model)['arch']} with "
+            f"{kwargs.get('num_classes')} classes, sub-networks {list(model.img_sizes)} x {list(model.keep_ratios)}")
+        return ckpt, model
     if not args.eval and not args.demo and args.nb_classes is None:
         classes = count_class_folders(args.data_path, recipe.data_arg_name)
         args.nb_classes = classes
@@ -66,33 +60,21 @@ def resolve_model_source(args, recipe, log) -> tuple[dict | None, dict | None]:
     return None, None
 
 
-def chosen_subnets(args, model, training: bool) -> list[tuple[int, float]]:
+def chosen_subnets(args, model, training: bool) -> list[Subnet]:
     """The sub-networks ``--subnets`` names (all of the model's when absent), in the model's order.
 
-    Raises UsageError naming a sub-network the model does not have, and (``training``) a size listed without its
-    full keep, which teaches the size's reduced keeps.
+    Raises SubnetError naming a sub-network the model does not have, and (``training``) UsageError for a size
+    listed without its full keep, which teaches the size's reduced keeps.
     """
-    available = [(int(s), float(r)) for s, r in model.subnets()]
     if not getattr(args, "subnets", None):
-        return available
-    wanted = {(int(s), float(r)) for s, r in args.subnets}
-    unknown = sorted(wanted - set(available))
-    if unknown:
-        accepted = ",".join(f"{s}:{r:g}" for s, r in available)
-        raise UsageError(f"--subnets: the model has no sub-network {', '.join(f'{s}:{r:g}' for s, r in unknown)}; "
-                         f"accepted: {accepted}")
+        return check_subnets(model, None)
+    wanted = set(check_subnets(model, args.subnets, trained=True, arg="--subnets"))
     if training:
-        no_full = sorted({s for s, _ in wanted if (s, 1.0) not in wanted})
+        no_full = sorted({s.img_size for s in wanted if (s.img_size, 1.0) not in wanted})
         if no_full:
             raise UsageError(f"--subnets: training needs the full keep of every size listed (it teaches that size's "
                              f"reduced keeps); add {', '.join(f'{s}:1' for s in no_full)}")
-    return [pair for pair in available if pair in wanted]
-
-
-def largest_full(subnets) -> tuple[int, float]:
-    """The largest full-keep sub-network of ``subnets`` (the one whose top-1 picks the best checkpoint)."""
-    full = [pair for pair in subnets if pair[1] == 1.0]
-    return max(full or subnets)
+    return [subnet for subnet in check_subnets(model, None) if subnet in wanted]
 
 
 def finetune_state(model, path: str, target: str, allow_partial: bool) -> tuple[dict, dict]:
@@ -103,11 +85,12 @@ def finetune_state(model, path: str, target: str, allow_partial: bool) -> tuple[
     of another shape) is refused with a UsageError naming them and the model the file came from, unless
     ``allow_partial``.
     """
-    from supervit.models import convert_plain_vit_state_dict
+    from supervit.models import convert_plain_vit_state_dict, is_plain_vit_state, pick_weights, recorded_arch, \
+        state_fit
 
     ckpt = read_checkpoint(path)
-    state = extract_state_dict(ckpt)
-    if "pos_embed" in state and "pos_embed_list.0" not in state:
+    state = pick_weights(ckpt, ema=False).state
+    if is_plain_vit_state(state):
         state = convert_plain_vit_state_dict(state, model)
     shape, missing, unexpected = state_fit(model, state)
     trunk = [k for k in list(shape) + missing if not k.startswith(FINETUNE_REPLACEABLE)]  # shapes first

@@ -49,7 +49,6 @@ class Recipe:
     model_class: type = SuperDeiT
     eval_crop_pct = 0.875
     eval_uses_ema = False          # evaluate the EMA weights during training
-    eval_only_prefers_ema = False  # --eval takes the checkpoint's EMA weights when it has them
     scales_lr_by_batch = False     # --lr is per 512 images unless --unscale-lr
     cooldown_adds_epochs = False   # timm's loop: --cooldown-epochs run after --epochs
     script_name = ""               # the script under train/ that runs this recipe
@@ -58,14 +57,10 @@ class Recipe:
         self.args = args
 
     # -- model --------------------------------------------------------------------------------------------------
-    def build_model(self, config: dict | None = None) -> nn.Module:
-        """The model the command line names; with ``config`` (the one an ``--eval`` checkpoint records, see
-        ``model_source.resolve_model_source``) that architecture instead."""
+    def build_model(self) -> nn.Module:
+        """The model the command line names (``--model``, ``--model-kwargs``, ``--nb-classes``; the demo model with
+        ``--demo``). An ``--eval`` checkpoint's own model comes from ``model_source.resolve_model_source``."""
         args = self.args
-        if config:
-            from supervit.models import create_from_config
-
-            return create_from_config(config)
         extra = _tuples(model_kwargs(args))
         if args.demo:
             config = {**digits.DEMO_MODEL, **self.demo_model_extra(), **extra}
@@ -101,6 +96,19 @@ class Recipe:
 
     def teachers(self) -> tuple:
         return teacher_rule(self.args.kd_teacher)
+
+    def data_config(self, model) -> dict:
+        """What a deployment needs to preprocess images for ``model`` as its evaluation did (recorded in every
+        checkpoint): input_size [C, H, W], mean and std per channel, the resize interpolation, and crop_pct (the
+        centre crop's share of the resized side)."""
+        side = int(model.img_sizes[-1])
+        if self.args.demo:  # the digits: already 28 x 28, normalised by one mean and std
+            return {"input_size": [int(model.in_chans), side, side], "mean": [digits.DIGITS_MEAN] * model.in_chans,
+                    "std": [digits.DIGITS_STD] * model.in_chans, "interpolation": "bilinear", "crop_pct": 1.0}
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        return {"input_size": [int(model.in_chans), side, side], "mean": list(IMAGENET_DEFAULT_MEAN),
+                "std": list(IMAGENET_DEFAULT_STD), "interpolation": "bicubic", "crop_pct": float(self.eval_crop_pct)}
 
     def build_task(self, model):
         raise NotImplementedError
@@ -140,7 +148,6 @@ class LVViTRecipe(Recipe):
     model_class = SuperLVViT
     eval_crop_pct = 0.9  # Resize(248) -> CenterCrop(224)
     data_arg_name = "data_dir"
-    eval_only_prefers_ema = True  # LV-ViT is evaluated with the EMA weights
     cooldown_adds_epochs = True
     script_name = "main_lvvit.py"
 

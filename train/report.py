@@ -8,14 +8,14 @@ import os
 
 from supervit.models import flops
 
-from .engine import subnet_key
+from supervit.models.subnet import Subnet
 
 
 def result_rows(metrics: dict, model) -> list[dict]:
     """One row per sub-network (grid-major): img_size, grid, keep_ratio, acc1, acc5, gmacs."""
     rows = []
     for size, ratio in model.subnets():
-        key = subnet_key(size, ratio)
+        key = Subnet(size, ratio).key
         grid = size // model.patch_size
         rows.append({"img_size": size, "grid": f"{grid}x{grid}", "keep_ratio": ratio,
                      "acc1": metrics.get(f"{key}_acc1"), "acc5": metrics.get(f"{key}_acc5"),

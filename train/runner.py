@@ -13,12 +13,12 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from supervit.models import has_ema_weights, load_checkpoint, model_config
+from supervit.models import format_subnets, largest_full, load_weights, model_config, pick_weights
 
-from . import checkpointing, data as data_lib, model_source, report
+from . import checkpointing, data as data_lib, digits, model_source, report
 from .cli import UsageError
 from .distributed import all_reduce_sum, barrier, cleanup, epoch_seed, init_distributed, seed_everything
-from .engine import Amp, StepContext, evaluate, subnet_key, train_one_epoch
+from .engine import Amp, StepContext, evaluate, train_one_epoch
 
 
 def log(info, *parts):
@@ -73,6 +73,18 @@ def log_skipped(info, counts: list[int], where: str):
                   "the warnings on stderr; --strict-data makes an unreadable image an error)")
 
 
+HELD_OUT_FILE = "held_out.pt"
+
+
+def write_held_out(output_dir: str) -> str:
+    """``held_out.pt``: the demo's 1,000 held-out digits as the deploy tools read them (``--tensors``):
+    {'images': [N, 1, 28, 28] float32 normalised as the model expects, 'labels': [N] int64}, weights-only loadable."""
+    held_out = digits.digits_datasets()[1]
+    path = os.path.join(output_dir, HELD_OUT_FILE)
+    checkpointing.atomic_save({"images": held_out.images.contiguous(), "labels": held_out.targets.long()}, path)
+    return path
+
+
 def print_table(info, model, metrics: dict, title: str):
     rows = report.result_rows(metrics, model)
     log(info, f"\n{title}\n" + report.format_table(rows) + "\n")
@@ -94,8 +106,9 @@ def dataset_label(args, split: str = "val") -> str:
 
 def run_eval_only(args, recipe, model, info, amp, ckpt):
     """``--eval --resume CKPT``: only the val set and a checkpoint; prints and writes the sub-network table."""
-    use_ema = recipe.eval_only_prefers_ema and has_ema_weights(ckpt)
-    load_checkpoint(model, args.resume, use_ema=use_ema, checkpoint=ckpt)
+    weights = pick_weights(ckpt)  # the weights the run evaluated (EMA or raw), by the one policy
+    load_weights(model, weights, source=repr(args.resume))
+    use_ema = weights.ema
     eval_set = data_lib.guard_images(recipe.eval_set(model), strict=args.strict_data, drop=True)
     loader = eval_loader(eval_set, info, args)
     metrics = evaluate(model, loader, model_source.chosen_subnets(args, model, training=False), amp, info,
@@ -112,10 +125,15 @@ def run_eval_only(args, recipe, model, info, amp, ckpt):
     return metrics
 
 
+def python_command() -> str:
+    """This Python as a command line names it: relative to the working folder when inside it, else absolute."""
+    python = os.path.relpath(sys.executable)
+    return sys.executable if python.startswith("..") else python
+
+
 def reeval_command(args, recipe, checkpoint: str) -> str:
     """The command that evaluates ``checkpoint`` again (model and class count come from the file)."""
-    python = os.path.relpath(sys.executable)
-    python = sys.executable if python.startswith("..") else python
+    python = python_command()
     script = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), recipe.script_name))
     argv = [python, script]
     if args.demo:
@@ -126,7 +144,7 @@ def reeval_command(args, recipe, checkpoint: str) -> str:
         argv.append(args.data_path)
     argv += ["--eval", "--resume", checkpoint]
     if args.subnets:
-        argv += ["--subnets", ",".join(f"{s}:{r:g}" for s, r in args.subnets)]
+        argv += ["--subnets", format_subnets(args.subnets)]
     return shlex.join(argv)
 
 
@@ -150,8 +168,8 @@ def _run(args, recipe, info):
     seed_everything(args.seed)  # the same initial weights on every rank (EMA copies included)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ckpt, recorded_config = model_source.resolve_model_source(args, recipe, lambda text: log(info, text))
-    model = recipe.build_model(recorded_config).to(info.device)
+    ckpt, model = model_source.resolve_model_source(args, recipe, lambda text: log(info, text))
+    model = (model if model is not None else recipe.build_model()).to(info.device)
     if args.input_size and args.input_size != model.img_sizes[-1]:
         raise UsageError(f"--input-size {args.input_size} must equal the model's largest image size "
                          f"{model.img_sizes[-1]} (the data pipeline crops to it; the model resizes inside)")
@@ -210,12 +228,12 @@ def _run(args, recipe, info):
                       scaler=scaler, amp=amp, info=info, teachers=recipe.teachers(), clip_grad=args.clip_grad,
                       clip_mode=args.clip_mode, ema=ema, max_nonfinite_steps=args.max_nonfinite_steps)
     allowed = set(subnets) if args.subnets else None
-    key = f"{subnet_key(*model_source.largest_full(subnets))}_acc1"
+    key = f"{largest_full(subnets).key}_acc1"
     config = model_config(model)
     jsonl = report.JsonlLog(os.path.join(args.output_dir, "log.jsonl") if args.output_dir and info.is_main else None)
     n_params = sum(p.numel() for p in model.parameters())
     log(info, f"{recipe.name}: {type(model).__name__} {n_params / 1e6:.2f}M params, {model.num_classes} classes, "
-              f"{len(subnets)} sub-networks ({', '.join(f'{s}:{r:g}' for s, r in subnets)}); {len(train_set)} train "
+              f"{len(subnets)} sub-networks ({format_subnets(subnets)}); {len(train_set)} train "
               f"/ {len(eval_set)} eval images; {info.world_size} process(es) on {info.device}, batch "
               f"{args.batch_size}/process, {updates_per_epoch} steps/epoch, precision {amp.dtype or torch.float32}")
     log(info, f"schedule: {total_epochs} epoch(s) ({args.epochs} {args.sched} + {total_epochs - args.epochs} cool-down"
@@ -224,6 +242,8 @@ def _run(args, recipe, info):
     if args.warmup_epochs >= args.epochs:
         log(info, f"warning: the warm-up ({args.warmup_epochs:g} epochs) is not shorter than the run ({args.epochs} "
                   "epochs): the lr never reaches --lr; lower --warmup-epochs")
+    if args.demo and args.output_dir and info.is_main:
+        write_held_out(args.output_dir)
     metrics, run_start = {}, time.time()
     stop_epoch = min(total_epochs, start_epoch + args.epochs_this_run) if args.epochs_this_run else total_epochs
     for epoch in range(start_epoch, stop_epoch):
@@ -238,7 +258,7 @@ def _run(args, recipe, info):
                                 batch_transform=batch_transform)
         full_table = epoch == total_epochs - 1 or (args.eval_interval and (epoch + 1) % args.eval_interval == 0)
         eval_model = ema.module if (recipe.eval_uses_ema and ema is not None) else model
-        metrics = evaluate(eval_model, val_loader, subnets if full_table else [model_source.largest_full(subnets)],
+        metrics = evaluate(eval_model, val_loader, subnets if full_table else [largest_full(subnets)],
                            amp, info, reduce=args.dist_eval and info.distributed, progress=not args.no_progress)
         skipped = skipped_since(info, marks, train_set, eval_set)
         log_skipped(info, skipped, f"in epoch {epoch + 1}")
@@ -254,7 +274,8 @@ def _run(args, recipe, info):
             checkpointing.save_epoch(recipe.ckpt_format, args.output_dir, is_best, model=model, optimizer=optimizer,
                                      scheduler=scheduler, scaler=scaler, ema=ema, epoch=epoch, args=args,
                                      metric=metrics[key], best=best,
-                                     run_info={"model_config": config, "accuracy": accuracy})
+                                     run_info={"model_config": config, "accuracy": accuracy,
+                                               "data_config": recipe.data_config(model)})
         barrier(info)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
                   **{f"test_{k}": v for k, v in metrics.items()}, "best_" + key: best[0],
@@ -279,10 +300,11 @@ def _run(args, recipe, info):
         log(info, f"done in {time.time() - run_start:.0f}s. Results: {args.output_dir}/results.json, results.csv, "
                   f"accuracy_vs_gmacs.png, log.jsonl; checkpoint {last_ckpt}\nre-evaluate with: "
                   f"{reeval_command(args, recipe, last_ckpt)}")
-    if args.demo and not (args.model_kwargs or args.max_steps_per_epoch) and info.is_main and stop_epoch > start_epoch:
-        # the demo as `make demo` runs it also reports the confidence cascade beside the static table
-        from .demo_cascade import report_cascade
-        report_cascade(eval_model, args.output_dir)
+        if args.demo:
+            held_out = os.path.join(args.output_dir, HELD_OUT_FILE)
+            cascade = [python_command(), "-m", "supervit.deploy", "cascade", "--checkpoint", last_ckpt, "--tensors",
+                       held_out]
+            log(info, f"confidence cascade on the held-out digits: {shlex.join(cascade)}")
     if args.dump_rank_weights and args.output_dir:
         torch.save(model.state_dict(), os.path.join(args.output_dir, f"weights_rank{info.rank}.pth"))
     return metrics

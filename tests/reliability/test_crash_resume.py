@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from supervit.files import is_partial_write
+
 from train import main_deit
 
 from reliability_helpers import TINY_RUN, assert_same_state, checkpoint, fault_env, sigkill, start, wait_for
@@ -28,7 +30,8 @@ def _finish_with_autoresume(out, uninterrupted, capsys):
     assert_same_state(final["model"], uninterrupted["model"])
     assert_same_state(final["model_ema"], uninterrupted["model_ema"])
     assert_same_state(final["optimizer"]["state"][0], uninterrupted["optimizer"]["state"][0])
-    assert not [p for p in os.listdir(out) if p.endswith(".tmp")], "a stale temporary file was left behind"
+    assert not [p for p in os.listdir(out) if is_partial_write(p, "checkpoint.pth")], \
+        "a stale temporary file was left behind"
 
 
 def test_sigkill_mid_epoch_then_autoresume(tmp_path, uninterrupted, capsys):
@@ -50,7 +53,7 @@ def test_sigkill_mid_checkpoint_write_then_autoresume(tmp_path, uninterrupted, c
     # the child pauses while saving epoch 1: the temporary file is complete on disk, not yet renamed
     proc = start(TINY_RUN + ["--output", str(out)], fault_env("save:pause", marker, "epoch=1"), log)
     wait_for(marker, proc, log)
-    temporaries = [p for p in os.listdir(out) if p.startswith("checkpoint.pth.") and p.endswith(".tmp")]
+    temporaries = [p for p in os.listdir(out) if is_partial_write(p, "checkpoint.pth")]
     assert len(temporaries) == 1, os.listdir(out)
     sigkill(proc)
     previous = checkpoint(out / "checkpoint.pth")  # still the complete epoch-0 file

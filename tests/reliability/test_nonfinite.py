@@ -87,7 +87,7 @@ def test_persistent_nan_in_a_run_keeps_the_last_good_checkpoint(tmp_path, monkey
         main_deit.main(TINY_RUN + ["--output", str(out), "--autoresume", "--max-nonfinite-steps", "2"])
     for name, data in good.items():
         assert open(out / name, "rb").read() == data, f"{name} was rewritten"
-    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    assert not [p for p in os.listdir(out) if ".partial" in p]  # no temporary of supervit.files.atomic_write
 
 
 def test_save_refuses_nan_weights(tmp_path):

@@ -1,0 +1,211 @@
+"""Which operating point and batch size the server runs next, from latency profiles and the queue's deadlines.
+
+Pure Python (no torch): times are milliseconds on the caller's monotonic clock.
+
+The rule, applied each time the model is free and requests are queued (oldest first):
+
+1. A request that cannot be answered in time even alone on the fastest point is rejected at once (a prompt 503
+   lets its client retry elsewhere instead of waiting for a certain miss).
+2. The batch is as many of the oldest requests as some point can finish before the earliest deadline among them
+   (at most ``max_batch``, the largest profiled batch size); queued requests are all served as soon as possible.
+3. Among the points that fit, the most accurate one, provided that the requests left behind can still be served
+   afterwards (their first batch on the fastest point); when no fitting point leaves them that chance, the fastest
+   fitting point (the least harm).
+4. Requests left behind that will miss their deadline whatever follows are rejected now rather than at their
+   deadline.
+
+Predicted latency = profiled latency at that batch size (linear between profiled sizes) x the slowdown the server
+observes (``Calibration``: a high quantile of observed / profiled over recent batches, 1 before any batch) x
+(1 + ``margin``).
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from supervit.models import Subnet
+
+DEFAULT_MARGIN = 0.1          # headroom on top of the calibrated prediction (jitter between batches)
+DEFAULT_QUANTILE = 0.9        # which quantile of recent observed / profiled ratios the predictions scale by
+DEFAULT_WINDOW = 32           # how many recent batches the calibration remembers
+SCALE_LIMITS = (0.5, 20.0)    # a calibrated scale outside these is clipped (a stray measurement cannot run away)
+
+
+class PolicyError(ValueError):
+    """Profiles or settings the policy cannot work with (the message says what is missing)."""
+
+
+class LatencyTable:
+    """Profiled latency (ms) of each operating point at several batch sizes, with values between them.
+
+    Args:
+        latency_ms: ``{Subnet: {batch: median ms}}``; every point must be profiled at the same batch sizes, and
+            the smallest must be 1 (a batch of one is always possible).
+    """
+
+    def __init__(self, latency_ms: dict):
+        if not latency_ms:
+            raise PolicyError("the latency table is empty: give at least one operating point's profile")
+        batch_sets = {tuple(sorted(by_batch)) for by_batch in latency_ms.values()}
+        if len(batch_sets) != 1:
+            raise PolicyError("every operating point must be profiled at the same batch sizes, got "
+                              + "; ".join(f"{Subnet(*s)}: {sorted(b)}" for s, b in latency_ms.items()))
+        self.batches = list(next(iter(batch_sets)))
+        if self.batches[0] != 1:
+            raise PolicyError(f"the profiled batch sizes must include 1, got {self.batches}")
+        self._ms = {}
+        for subnet, by_batch in latency_ms.items():
+            values = [float(by_batch[b]) for b in self.batches]
+            if any(not math.isfinite(v) or v <= 0 for v in values):
+                raise PolicyError(f"profiled latencies of {Subnet(*subnet)} must be positive numbers, got {values}")
+            self._ms[Subnet(*subnet)] = values
+
+    @property
+    def max_batch(self) -> int:
+        return self.batches[-1]
+
+    @property
+    def subnets(self) -> list[Subnet]:
+        return list(self._ms)
+
+    def ms(self, subnet, batch: int) -> float:
+        """Profiled latency of ``subnet`` at ``batch``: measured, or linear between the two nearest sizes."""
+        if not 1 <= batch <= self.max_batch:
+            raise PolicyError(f"batch must be in 1..{self.max_batch} (the largest profiled size), got {batch}")
+        values = self._ms[Subnet(*subnet)]
+        hi = bisect.bisect_left(self.batches, batch)
+        if self.batches[hi] == batch:
+            return values[hi]
+        lo = hi - 1
+        b0, b1 = self.batches[lo], self.batches[hi]
+        return values[lo] + (values[hi] - values[lo]) * (batch - b0) / (b1 - b0)
+
+
+def latency_from_profiles(profiles, subnets=None) -> dict:
+    """``{Subnet: {batch: median ms}}`` from deploy profiles (``supervit.deploy.profile_model`` dicts, one per batch
+    size), restricted to ``subnets`` when given; ``PolicyError`` when a profile lacks one of them."""
+    table = {}
+    for profile in profiles:
+        batch = int(profile["settings"]["batch"])
+        rows = {Subnet(r["img_size"], r["keep_ratio"]): r["latency_ms"] for r in profile["rows"]}
+        wanted = list(rows) if subnets is None else [Subnet(*s) for s in subnets]
+        missing = [str(s) for s in wanted if s not in rows]
+        if missing:
+            raise PolicyError(f"the profile {profile.get('key', '')!r} has no row for {', '.join(missing)}")
+        for subnet in wanted:
+            table.setdefault(subnet, {})[batch] = float(rows[subnet])
+    return table
+
+
+class Calibration:
+    """How much slower (or faster) than profiled the server's batches run: a quantile of recent ratios.
+
+    Each finished batch reports (observed ms, profiled ms); ``scale`` is the ``quantile`` of the last ``window``
+    ratios (1.0 before the first), clipped to ``SCALE_LIMITS``.
+    """
+
+    def __init__(self, quantile: float = DEFAULT_QUANTILE, window: int = DEFAULT_WINDOW):
+        if not 0.0 < quantile <= 1.0:
+            raise PolicyError(f"calibration quantile must be in (0, 1], got {quantile!r}")
+        if window < 1:
+            raise PolicyError(f"calibration window must be >= 1, got {window!r}")
+        self.quantile = quantile
+        self.ratios = collections.deque(maxlen=window)
+        self.scale = 1.0
+
+    def observe(self, observed_ms: float, profiled_ms: float) -> None:
+        if profiled_ms > 0 and math.isfinite(observed_ms) and observed_ms >= 0:
+            self.ratios.append(observed_ms / profiled_ms)
+            ordered = sorted(self.ratios)
+            pick = ordered[min(len(ordered) - 1, math.ceil(self.quantile * len(ordered)) - 1)]
+            self.scale = min(max(pick, SCALE_LIMITS[0]), SCALE_LIMITS[1])
+
+
+class Decision(NamedTuple):
+    """What to do now with the queue (positions count from the oldest request, 0)."""
+
+    batch: int                   # run the ``batch`` oldest requests that are not rejected (0: nothing to run)
+    subnet: Subnet | None        # on this operating point
+    predicted_ms: float          # how long the batch is expected to take (calibrated, with the margin)
+    run: tuple[int, ...]         # queue positions of the requests in the batch
+    reject: tuple[int, ...]      # queue positions to answer now with 503: they cannot meet their deadline
+
+
+@dataclass
+class Policy:
+    """Chooses (batch size, operating point) for the queue; see the module docstring for the rule.
+
+    Args:
+        table: profiled latencies of the candidate points.
+        accuracy: ``{Subnet: top-1 %}`` of every candidate point (static serving: one point, any accuracy).
+        margin: relative headroom on every prediction (>= 0).
+        calibration: the observed slowdown (a fresh ``Calibration()`` when None).
+    """
+
+    table: LatencyTable
+    accuracy: dict
+    margin: float = DEFAULT_MARGIN
+    calibration: Calibration | None = None
+
+    def __post_init__(self):
+        if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin >= 0):
+            raise PolicyError(f"margin must be a number >= 0, got {self.margin!r}")
+        self.accuracy = {Subnet(*s): float(a) for s, a in self.accuracy.items()}
+        missing = [str(s) for s in self.table.subnets if s not in self.accuracy]
+        if missing:
+            raise PolicyError(f"no accuracy for operating point(s) {', '.join(missing)}")
+        self.calibration = self.calibration or Calibration()
+        # candidates, most accurate first; equal accuracy: the faster at batch 1 first
+        self.points = sorted(self.table.subnets, key=lambda s: (-self.accuracy[s], self.table.ms(s, 1)))
+
+    @property
+    def max_batch(self) -> int:
+        return self.table.max_batch
+
+    def predict_ms(self, subnet, batch: int) -> float:
+        """Expected time of one batch: profiled x observed slowdown x (1 + margin)."""
+        return self.table.ms(subnet, batch) * self.calibration.scale * (1.0 + self.margin)
+
+    def fastest(self, batch: int) -> Subnet:
+        return min(self.points, key=lambda s: self.table.ms(s, batch))
+
+    def observe(self, subnet, batch: int, observed_ms: float) -> None:
+        """Report how long a batch took (feeds the calibration)."""
+        self.calibration.observe(observed_ms, self.table.ms(subnet, batch))
+
+    def decide(self, now_ms: float, deadlines_ms) -> Decision:
+        """The decision for a queue whose requests (oldest first) must be answered by ``deadlines_ms``."""
+        deadlines = list(deadlines_ms)
+        alone = self.predict_ms(self.fastest(1), 1)
+        reject = [i for i, d in enumerate(deadlines) if d - now_ms < alone]
+        alive = [i for i, d in enumerate(deadlines) if d - now_ms >= alone]
+        if not alive:
+            return Decision(0, None, 0.0, (), tuple(reject))
+        batch, fits = self._largest_batch(now_ms, [deadlines[i] for i in alive])
+        left = alive[batch:]
+        subnet = fits[0]
+        if left:
+            nxt = min(len(left), self.max_batch)
+            need_next = self.predict_ms(self.fastest(nxt), nxt)
+            next_slack = min(deadlines[i] for i in left[:nxt]) - now_ms - need_next
+            leaves_room = [s for s in fits if self.predict_ms(s, batch) <= next_slack]
+            subnet = leaves_room[0] if leaves_room else min(fits, key=lambda s: self.predict_ms(s, batch))
+        took = self.predict_ms(subnet, batch)
+        late = [i for i in left if deadlines[i] - (now_ms + took) < alone]
+        return Decision(batch, subnet, took, tuple(alive[:batch]), tuple(sorted(reject + late)))
+
+    def _largest_batch(self, now_ms: float, deadlines: list) -> tuple[int, list]:
+        """(largest batch b of the oldest requests that some point finishes in time, those points best first)."""
+        earliest = list(deadlines)
+        for i in range(1, len(earliest)):
+            earliest[i] = min(earliest[i], earliest[i - 1])  # earliest[i]: tightest deadline among the i+1 oldest
+        for batch in range(min(len(deadlines), self.max_batch), 1, -1):
+            slack = earliest[batch - 1] - now_ms
+            fits = [s for s in self.points if self.predict_ms(s, batch) <= slack]
+            if fits:
+                return batch, fits
+        # a batch of one: the oldest request passed the alone-on-the-fastest-point test, so this is never empty
+        return 1, [s for s in self.points if self.predict_ms(s, 1) <= earliest[0] - now_ms]

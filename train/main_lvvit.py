@@ -90,6 +90,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "see docs/token_labels.md)")
     g.add_argument("--token-label-data", default="", help="DIR/<class_dir>/<image_stem>.pt label files")
     g.add_argument("--token-label-size", type=int, default=14, help="token grid of the dense targets")
+    g.add_argument("--token-label-targets", choices=["exact", "reference"], default="exact",
+                   help="'exact': each token's target is read where its pixels came from; 'reference': as the "
+                        "reference code builds it (crop box with x and y exchanged, label map warped in cell units; "
+                        "see docs/token_labels.md)")
     g.add_argument("--dense-weight", type=float, default=1.0, help="weight of the dense (token) loss")
     g.add_argument("--cls-weight", type=float, default=1.0, help="weight of the class-token loss")
     g.add_argument("--no-mix-token", action="store_true", help="turn MixToken off")

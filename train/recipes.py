@@ -51,6 +51,7 @@ class Recipe:
     eval_uses_ema = False          # evaluate the EMA weights during training
     scales_lr_by_batch = False     # --lr is per 512 images unless --unscale-lr
     cooldown_adds_epochs = False   # timm's loop: --cooldown-epochs run after --epochs
+    lr_epoch_lag = 0               # epoch e trains at sched(e - lag): the DeiT script steps after each epoch (1)
     script_name = ""               # the script under train/ that runs this recipe
 
     def __init__(self, args):
@@ -89,6 +90,10 @@ class Recipe:
         args = self.args
         if args.demo:
             return digits.digits_datasets()[0], digits.RandomAffineCollate() if args.demo_aug else None, None
+        if getattr(args, "data_backend", "pil") == "device":  # workers read bytes; decode and augment on the device
+            from .device_data import device_train_set
+
+            return device_train_set(args.data_path, self.data_arg_name, args, model.img_sizes[-1])
         return data_lib.image_folder(args.data_path, "train", data_lib.train_transform(args, model.img_sizes[-1]),
                                      self.data_arg_name), None, None
 
@@ -122,6 +127,7 @@ class DeiTRecipe(Recipe):
     model_class = SuperDeiT
     eval_crop_pct = 0.875
     scales_lr_by_batch = True
+    lr_epoch_lag = 1  # lr_scheduler.step(epoch) after each epoch: epochs 0 and 1 at the warm-up start
     script_name = "main_deit.py"
 
     def build_task(self, model):
@@ -168,6 +174,9 @@ class LVViTRecipe(Recipe):
 
         if not args.token_label_data:
             raise ValueError("--token-label needs --token-label-data DIR (DIR/<class_dir>/<image_stem>.pt files)")
+        if getattr(args, "data_backend", "pil") == "device":
+            raise ValueError("--data-backend device does not run the token-label augmentation; use --data-backend "
+                             "pil with --token-label")
         grid = model.img_sizes[-1] // model.patch_size
         if args.token_label_size != grid:
             raise ValueError(f"--token-label-size must equal the largest token grid {grid}, got "
@@ -175,7 +184,8 @@ class LVViTRecipe(Recipe):
         transform = TokenLabelTransform(model.img_sizes[-1], args.token_label_size, scale=tuple(args.scale),
                                         ratio=tuple(args.ratio), interpolation=args.train_interpolation,
                                         hflip=args.hflip, auto_augment=None if args.aa in (None, "", "none")
-                                        else args.aa, reprob=args.reprob, remode=args.remode, recount=args.recount)
+                                        else args.aa, reprob=args.reprob, remode=args.remode, recount=args.recount,
+                                        targets=args.token_label_targets)
         return TokenLabelDataset(args.data_path, args.token_label_data, transform, self.data_arg_name), None, None
 
     def build_task(self, model):
@@ -186,4 +196,5 @@ class LVViTRecipe(Recipe):
             raise ValueError("the LV-ViT recipe trains with MixToken; --mixup/--cutmix must be 0")
         return TokenLabelTask(model.num_classes, model.img_sizes[-1] // model.patch_size, smoothing=args.smoothing,
                               mix_token=not args.no_mix_token, cls_weight=args.cls_weight,
+                              targets=getattr(args, "token_label_targets", "exact"),
                               dense_weight=args.dense_weight)

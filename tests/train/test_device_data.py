@@ -194,3 +194,16 @@ def test_files_to_batch(tmp_path):
     bad, _ = collate_encoded([items[names.index("bad.JPEG")]])
     with pytest.raises(BadImageError, match="bad.JPEG"):
         decode_batch(bad)
+
+
+def test_deit_trains_one_step_with_the_device_backend(tmp_path):
+    from trainer_helpers import CLASSES, TINY_IMAGENET_MODEL, as_json, write_image_folder
+
+    from train import main_deit
+
+    data = write_image_folder(tmp_path / "imagenet")
+    metrics = main_deit.main(["--data-path", data, "--model", "super_deit_s", "--nb-classes", str(len(CLASSES)),
+                              "--model-kwargs", as_json(TINY_IMAGENET_MODEL), "--batch-size", "4", "--epochs", "1",
+                              "--max-steps-per-epoch", "1", "--num_workers", "0", "--output", str(tmp_path / "out"),
+                              "--no-progress", "--device", "cpu", "--data-backend", "device"])
+    assert "80_1_acc1" in metrics

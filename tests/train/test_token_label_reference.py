@@ -153,3 +153,19 @@ def test_target_mode_changes_no_image():
     torch.testing.assert_close(images[0], images[1], rtol=0, atol=0)
     with pytest.raises(ValueError, match="--token-label-targets must be one of"):
         TokenLabelTransform(32, 4, targets="pixels")
+
+
+def test_lvvit_trains_with_reference_targets(tmp_path):
+    from trainer_helpers import CLASSES, TINY_LVVIT_MODEL, as_json, write_image_folder, write_token_labels
+
+    from train import main_lvvit
+
+    data = write_image_folder(tmp_path / "imagenet", per_class=2)
+    labels = write_token_labels(data, tmp_path / "labels", hw=4)
+    common = [data, "--num-classes", str(len(CLASSES)), "--model-kwargs", as_json(TINY_LVVIT_MODEL), "-b", "4",
+              "--epochs", "1", "--max-steps-per-epoch", "1", "-j", "0", "--token-label", "--token-label-data", labels,
+              "--token-label-size", "5", "--cooldown-epochs", "0", "--no-progress", "--device", "cpu"]
+    metrics = main_lvvit.main(common + ["--token-label-targets", "reference", "--output", str(tmp_path / "out")])
+    assert "80_1_acc1" in metrics
+    with pytest.raises(ValueError, match="--data-backend device does not run the token-label augmentation"):
+        main_lvvit.main(common + ["--data-backend", "device", "--output", str(tmp_path / "out2")])

@@ -6,8 +6,9 @@ Two parts, each meant to fit one 8-minute device call from a cold cache:
   every ``gpu``-marked test (of the files that hold one) with ``SUPERVIT_TRITON_ONE_CONFIG=1`` (one autotune config per shape, so that the
   kernel compiles fit);
 * ``bench``: the Triton kernels vs SDPA and the reference ops (bench_triton.py), the 12 sub-networks of both models
-  vs timm's DeiT-S at bf16 batch 1 and 256 plus the training step (bench_models.py), and batch-1 CUDA graphs
-  (gpu/bench_cuda_graphs.py); full autotuning.
+  vs timm's DeiT-S at bf16 batch 1 and 256 plus the training step (bench_models.py), the device data path's
+  throughput and data-wait share (gpu/bench_data_gpu.py), and batch-1 CUDA graphs (gpu/bench_cuda_graphs.py); full
+  autotuning.
 
 Every log and result goes under --out; summary.md there lists each step (exit code, seconds) and how the GPU
 targets stand, and gpu-check-<part>.tar.gz holds all of it in one file. Without a CUDA GPU it stops at once with one line on stderr and exit code 2.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -124,6 +126,8 @@ def run_bench(steps: Steps, py: str) -> None:
     steps.run("bench_models", [py, os.path.join(bench, "bench_models.py"), "--device", "cuda", "--dtypes", "bf16",
                                "--batches", "1", "256", "--backends", "auto", "--train-batch", "256",
                                "--out", os.path.join(steps.out, "models")], share=0.75)
+    steps.run("bench_data_gpu", [py, os.path.join(bench, "gpu", "bench_data_gpu.py"), "--steps", "20",
+                                 "--budget-s", "60", "--out", os.path.join(steps.out, "data")], share=0.5)
     steps.run("bench_cuda_graphs", [py, os.path.join(bench, "gpu", "bench_cuda_graphs.py"),
                                     "--out", os.path.join(steps.out, "cuda_graphs")])
 
@@ -162,6 +166,14 @@ def target_lines(out: str) -> list[str]:
         slow = [f"({r['img_size']}, {r['keep_ratio']})" for r in pruned if r["below_full"] != "True"]
         lines.append(f"- {model} batch-1 CUDA graphs: {len(pruned) - len(slow)} of {len(pruned)} pruned "
                      f"sub-networks below (224, 1)" + (f"; not: {' '.join(slow)}" if slow else ""))
+    data_path = os.path.join(out, "data", "data_gpu.json")
+    if os.path.exists(data_path):
+        with open(data_path) as f:
+            for w in json.load(f)["data_wait"]:
+                if w["steps"]:
+                    lines.append(f"- data wait with the {w['backend']} data path: {100 * w['data_wait_share']:.1f} % "
+                                 f"of step time ({w['workers']} workers; target under 5 % for device): "
+                                 f"{w['data_wait_share'] < 0.05 if w['backend'] == 'device' else 'n/a'}")
     return lines or ["- no benchmark results under this folder (run PART=bench)"]
 
 

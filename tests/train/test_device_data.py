@@ -207,3 +207,29 @@ def test_deit_trains_one_step_with_the_device_backend(tmp_path):
                               "--max-steps-per-epoch", "1", "--num_workers", "0", "--output", str(tmp_path / "out"),
                               "--no-progress", "--device", "cpu", "--data-backend", "device"])
     assert "80_1_acc1" in metrics
+
+
+def test_gpu_data_benchmark_plumbing_on_cpu(tmp_path):
+    """benchmarks/gpu/bench_data_gpu.py --small runs the whole script on CPU; gpu_check reads its result."""
+    import importlib.util
+    import json
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def load(name, path):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, path))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    bench = load("bench_data_gpu", "benchmarks/gpu/bench_data_gpu.py")
+    out = tmp_path / "data"
+    assert bench.main(["--small", "--out", str(out)]) == 0
+    summary = json.loads((out / "data_gpu.json").read_text())
+    assert set(summary["throughput"]) == {"decode", "train_transform", "eval_transform"}
+    assert [w["backend"] for w in summary["data_wait"]] == ["device", "pil"]
+    assert all(0 < w["data_wait_share"] < 1 and w["steps"] >= 1 for w in summary["data_wait"])
+    check = load("gpu_check", "benchmarks/gpu/gpu_check.py")
+    lines = check.target_lines(str(tmp_path))
+    assert any(line.startswith("- data wait with the device data path") for line in lines)

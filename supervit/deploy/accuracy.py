@@ -12,7 +12,7 @@ import json
 import math
 import os
 
-from .errors import DeployError
+from . import DeployError
 
 
 def _row(raw: dict, where: str) -> dict:

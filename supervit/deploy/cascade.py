@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import DeployError
-
-CONFIDENCES = ("max_softmax", "margin")
-STAGE_POOLS = ("all", "pareto")            # every sub-network, or the calibration front only
+from ..models.subnet import Subnet
+from . import DeployError
+from .options import CONFIDENCES, STAGE_POOLS
 
 
 def confidence(logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -42,7 +41,7 @@ class Cascade:
     fit: dict = field(default_factory=dict)  # what the fitting measured (calibration numbers, budget)
 
     def __post_init__(self):
-        self.stages = [(int(s), float(r)) for s, r in self.stages]
+        self.stages = [Subnet(int(s), float(r)) for s, r in self.stages]
         self.thresholds = [float(t) for t in self.thresholds]
         if not self.stages or len(self.thresholds) != len(self.stages) - 1:
             raise DeployError(f"a cascade of {len(self.stages)} stage(s) needs {max(len(self.stages) - 1, 0)} "

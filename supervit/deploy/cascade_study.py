@@ -1,6 +1,6 @@
 """Fit a confidence cascade on one half of a labelled set and report it on the other, beside the static table.
 
-Used by ``python -m supervit.deploy cascade`` and by the demo. The reference static sub-network is the most
+What ``python -m supervit.deploy cascade`` runs (``make demo`` runs it on the held-out digits). The reference static sub-network is the most
 accurate one on the calibration half (ties: the cheaper); the default budget is a fraction of its GMACs.
 """
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cascade as casc
 from .. import timing
-from .errors import DeployError
+from . import DeployError
+from . import cascade as casc
 
 
 def _acc(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -25,7 +25,7 @@ def study(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, gmacs: d
     """Static sub-networks and the fitted cascade on two fixed stratified halves of (images, labels).
 
     Args:
-        gmacs: {(s, r): GMACs per image}.
+        gmacs: {(s, r): GMACs per image} of the sub-networks to consider (stages and static points).
         budget_ratio: the mean-cost budget as a fraction of the reference static sub-network's cost.
         budget: an absolute mean-cost budget instead (in ``cost_name`` units).
         costs: per-image cost to fit against ({(s, r): ms per image} for a latency budget); GMACs by default.
@@ -39,7 +39,7 @@ def study(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, gmacs: d
     if labels.shape[0] < 4:
         raise DeployError(f"the labelled set has {labels.shape[0]} images; a cascade study needs at least 4")
     cal, test = casc.stratified_halves(labels, seed)
-    subnets = model.subnets()
+    subnets = list(gmacs)
     outputs = casc.stage_outputs(model, images, subnets, batch_size, progress)  # every image, once
     out_cal, out_test = ({s: o[half] for s, o in outputs.items()} for half in (cal, test))
     y_cal, y_test = labels[cal], labels[test]

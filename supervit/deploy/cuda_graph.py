@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import DeployError
+from . import DeployError
 
 
 def _check_cuda(model: nn.Module) -> torch.device:

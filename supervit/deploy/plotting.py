@@ -1,16 +1,45 @@
-"""PNG plots of operating points (matplotlib, Agg backend): accuracy vs latency and vs GMACs, Pareto fronts drawn."""
+"""PNG plots of operating points (matplotlib, Agg backend): accuracy vs latency and vs GMACs, Pareto fronts drawn,
+each point labelled where its label overlaps no other."""
 from __future__ import annotations
 
-from .choose import pareto_front
 from ..files import atomic_write
+from .selector import pareto_front
+
+# label offsets tried in turn (points): right, left, above, below, then the diagonals and farther out
+_OFFSETS = [(5, -3), (-5, -3), (0, 6), (0, -11), (5, 5), (-5, 5), (5, -11), (-5, -11), (12, -3), (-12, -3),
+            (0, 14), (0, -19), (12, 10), (-12, 10), (12, -16), (-12, -16)]
 
 
-def _panel(ax, points, cost, xlabel, chosen=None, budget=None, cascade=None):
+def _label_points(ax, xs, ys, labels) -> None:
+    """Annotate each (x, y) with its label at the first offset where the text overlaps no earlier label and no
+    marker; a label that fits nowhere is drawn small at the last offset tried."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    markers = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]  # display coordinates
+    placed = []
+    for x, y, text in sorted(zip(xs, ys, labels), key=lambda p: (-p[1], p[0])):  # top first
+        for dx, dy in _OFFSETS:
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, ha=ha,
+                               va="bottom" if dy > 0 else "top" if dy < -5 else "center")
+            box = note.get_window_extent(renderer).expanded(1.05, 1.1)
+            clear = not any(box.overlaps(other) for other in placed) and not any(
+                box.x0 - 3 <= mx <= box.x1 + 3 and box.y0 - 3 <= my <= box.y1 + 3 for mx, my in markers)
+            inside = ax.get_window_extent(renderer).contains(box.x0, box.y0) and \
+                ax.get_window_extent(renderer).contains(box.x1, box.y1)
+            if clear and inside:
+                placed.append(box)
+                break
+            note.remove()
+        else:
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, -3), fontsize=5, alpha=0.7)
+            placed.append(note.get_window_extent(renderer))
+
+
+def _panel(ax, points, cost, xlabel, chosen=None, budget=None, cascade=None, fitted=None):
     xs, ys = [p[cost] for p in points], [p["acc1"] for p in points]
     ax.scatter(xs, ys, color="tab:gray", zorder=2, label="sub-networks")
-    for p in points:
-        ax.annotate(f"{p['img_size']}:{p['keep_ratio']:g}", (p[cost], p["acc1"]), textcoords="offset points",
-                    xytext=(4, -9), fontsize=7)
     front = pareto_front(points, cost)
     ax.step([p[cost] for p in front], [p["acc1"] for p in front], where="post", color="tab:blue", zorder=3,
             label="Pareto front")
@@ -18,7 +47,10 @@ def _panel(ax, points, cost, xlabel, chosen=None, budget=None, cascade=None):
     if cascade:
         curve = sorted(cascade, key=lambda c: c[cost])
         ax.plot([c[cost] for c in curve], [c["acc1"] for c in curve], color="tab:orange", marker=".", zorder=5,
-                label="confidence cascade")
+                label="confidence cascade (budget fractions)")
+    if fitted is not None:
+        ax.scatter([fitted[cost]], [fitted["acc1"]], marker="*", s=220, color="tab:red", edgecolors="black",
+                   linewidths=0.6, zorder=7, label=fitted["label"])
     if chosen is not None:
         ax.scatter([chosen[cost]], [chosen["acc1"]], s=160, facecolors="none", edgecolors="tab:red", linewidths=2,
                    zorder=6, label=f"chosen {chosen['img_size']}:{chosen['keep_ratio']:g}")
@@ -27,18 +59,22 @@ def _panel(ax, points, cost, xlabel, chosen=None, budget=None, cascade=None):
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.12)
     ax.legend(fontsize=7, loc="lower right")
+    _label_points(ax, xs, ys, [f"{p['img_size']}:{p['keep_ratio']:g}" for p in points])
 
 
 def plot_operating_points(points: list[dict], path: str, title: str, chosen: dict | None = None,
-                          budget: tuple[str, float] | None = None, cascade: list[dict] | None = None) -> str:
+                          budget: tuple[str, float] | None = None, cascade: list[dict] | None = None,
+                          fitted: dict | None = None) -> str:
     """Write ``path`` (PNG): accuracy vs measured latency (when profiled) and vs GMACs, Pareto fronts drawn.
 
     Args:
-        points: operating points (``choose.operating_points``).
+        points: operating points (``selector.operating_points``).
         chosen: the selected point, circled.
         budget: (``"latency_ms"`` or ``"gmacs"``, value) drawn as a vertical line on its panel.
         cascade: cascade results ({"acc1", "gmacs"[, "latency_ms"]}) drawn as a curve on the panels they cover.
+        fitted: one cascade result ({"acc1", "gmacs", "label"}) drawn as a star.
     """
     import matplotlib
 
@@ -48,22 +84,29 @@ def plot_operating_points(points: list[dict], path: str, title: str, chosen: dic
     panels = [("gmacs", "GMACs per image")]
     if all(p["latency_ms"] is not None for p in points):
         panels.insert(0, ("latency_ms", "measured latency per batch (ms)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.4), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), dpi=120, squeeze=False)
     for ax, (cost, xlabel) in zip(axes[0], panels):
         curve = [c for c in cascade if c.get(cost) is not None] if cascade else None
-        _panel(ax, points, cost, xlabel, chosen, budget[1] if budget and budget[0] == cost else None, curve)
+        star = fitted if fitted is not None and fitted.get(cost) is not None else None
+        _panel(ax, points, cost, xlabel, chosen, budget[1] if budget and budget[0] == cost else None, curve, star)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     try:
         with atomic_write(path, make_folder=True) as tmp:
-            fig.savefig(tmp)
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
     return path
 
 
 def plot_cascade(study: dict, path: str, title: str) -> str:
-    """Write ``path`` (PNG): test-half top-1 vs GMACs of the static sub-networks with the cascade curve over them."""
+    """Write ``path`` (PNG): test-half top-1 vs GMACs of the static sub-networks, the curve of cascades fitted to
+    other budget fractions, and the cascade fitted to the study's budget (a star; its budget a dashed line when it is
+    a GMACs budget)."""
     points = [{"img_size": p["img_size"], "keep_ratio": p["keep_ratio"], "acc1": p["test_acc1"],
                "gmacs": p["gmacs"], "latency_ms": None} for p in study["static"]]
-    return plot_operating_points(points, path, title, cascade=study["curve"])
+    test, stages = study["test"], study["cascade"]["stages"]
+    fitted = {"acc1": test["acc1"], "gmacs": test["mean_gmacs"],
+              "label": "fitted cascade " + " -> ".join(f"{s}:{r:g}" for s, r in stages)}
+    budget = ("gmacs", study["budget"]["gmacs"]) if "gmacs" in study["budget"] else None
+    return plot_operating_points(points, path, title, budget=budget, cascade=study["curve"], fitted=fitted)

@@ -3,6 +3,10 @@
 Nothing here imports the rest of the package, so a deployment can copy this file alone. Each runner takes an
 image batch [B, C, S, S] (a torch tensor) and returns a tuple of tensors: (logits [B, K],) or, for an export made
 with the kept indices, (logits, idx_1, idx_2, ...).
+
+An AOTInductor package compiled for a fixed batch does not check its input (PyTorch's loader, Python or C++, returns
+the rows of the batch it was compiled for, whatever it is given); ``aoti_runner`` checks the input shape that
+``supervit.deploy.export`` records in the package's metadata and refuses any other.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Callable
 import torch
 
 FORMATS = ("onnx", "pt2", "aoti")
+INPUT_SHAPE_KEY = "supervit.input_shape"  # AOTInductor metadata: "3,1,16,16" ("batch" for a dynamic dimension)
 
 
 def _as_tuple(result) -> tuple:
@@ -28,10 +33,19 @@ def pt2_runner(path: str) -> Callable:
 
 
 def aoti_runner(path: str) -> Callable:
-    """An AOTInductor package (``aoti_compile_and_package``): compiled code, loaded from Python."""
+    """An AOTInductor package (``aoti_compile_and_package``): compiled code, loaded from Python. An input whose
+    shape differs from the one the package was compiled for is a ValueError (see the module docstring)."""
     compiled = torch._inductor.aoti_load_package(path)
+    expected = compiled.get_metadata().get(INPUT_SHAPE_KEY)
+    dims = expected.split(",") if expected else None
 
     def run(x: torch.Tensor) -> tuple:
+        if dims is not None and (x.dim() != len(dims) or any(d != "batch" and int(d) != n
+                                                             for d, n in zip(dims, x.shape))):
+            fixed = "" if dims[0] == "batch" else f" (a fixed batch of {dims[0]}; export with a dynamic batch to " \
+                                                   "take any)"
+            raise ValueError(f"{path}: this AOTInductor package takes input [{', '.join(dims)}]{fixed}, got "
+                             f"{list(x.shape)}")
         with torch.no_grad():
             return _as_tuple(compiled(x))
     return run

@@ -152,8 +152,8 @@ def model_for_checkpoint(checkpoint: dict, name: str | None = None, source: str 
             raise ValueError(f"{source}: its model config cannot be rebuilt: {err}") from None
     arch = recorded or name
     if arch not in known:
-        raise ValueError(f"{source} names no known model (recorded {arch!r}); give the model name too, one of "
-                         f"{known}")
+        raise ValueError(f"{source} carries no model config and names no known model (recorded {arch!r}); give "
+                         f"the model name too (--model NAME), one of {known}")
     kwargs = dict(overrides)
     try:
         head = extract_state_dict(checkpoint).get("head.weight")

@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
+import bench_latency_breakdown
+import bench_models
+import harness
+
 BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks")
-sys.path.insert(0, BENCH)
-import bench_latency_breakdown  # noqa: E402
-import bench_models  # noqa: E402
-import harness  # noqa: E402
 
 
 def test_time_interleaved_times_every_candidate_once_per_round_in_rotating_order():

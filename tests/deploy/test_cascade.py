@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from supervit.deploy import cascade as casc
-from supervit.deploy.__main__ import main as deploy_main
-from supervit.deploy.errors import DeployError
+from supervit.deploy.cli import main as deploy_main
+from supervit.deploy import DeployError
 from supervit.models import flops
 
 from deploy_helpers import tiny_model

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from supervit.deploy import accuracy, choose as selector
-from supervit.deploy.__main__ import main as deploy_main
-from supervit.deploy.errors import DeployError
+from supervit.deploy import accuracy, selector
+from supervit.deploy.cli import main as deploy_main
+from supervit.deploy import DeployError
 from supervit.deploy.profile import read_profiles
 
 from deploy_helpers import FIXED_PROFILE_KEY, FIXED_PROFILES, FIXED_RESULTS
@@ -114,7 +114,7 @@ def test_choose_on_a_tiny_checkpoint_measures_and_saves_a_profile(capsys, tmp_pa
     assert "measured now" in capsys.readouterr().out
     profiles = read_profiles(str(store))
     (key, profile), = profiles.items()
-    assert key.startswith("tiny.pth|cpu-") and len(profile["rows"]) == 6
+    assert key.startswith("super_deit_s-") and "|cpu-" in key and len(profile["rows"]) == 6
     assert deploy_main(argv) == 0  # second time: read back under the same key
     assert "saved profile" in capsys.readouterr().out
 

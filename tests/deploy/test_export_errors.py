@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from supervit.deploy import DeployError, export
-from supervit.deploy.__main__ import main as deploy_main
+from supervit.deploy.cli import main as deploy_main
 from supervit.models import SuperDeiT
 
 SMALL = dict(img_sizes=(8, 16), keep_ratios=(0.5, 1.0), prune_layers=(1,), patch_size=4, in_chans=1,

@@ -7,11 +7,9 @@ import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from supervit.deploy.export import SubnetModule
 
-from supervit.deploy.subnet import Subnet  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TOLERANCE = 1e-4  # max abs logits difference, fp32
 BATCHES = (1, 7)
@@ -56,7 +54,7 @@ def eager_outputs(model, img_size, keep_ratio, inputs) -> list:
     """``Expected`` (logits, kept indices...) of the sub-network in PyTorch eager for each input."""
     from supervit.models import layers
 
-    subnet = Subnet(model, img_size, keep_ratio, with_kept=True)
+    subnet = SubnetModule(model, img_size, keep_ratio, with_kept=True)
     prune, recorded = layers.prune_op, []
 
     def recording_prune(x, score, ratio):

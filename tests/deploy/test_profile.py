@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from supervit.deploy import profile as profiling
-from supervit.deploy.__main__ import main as deploy_main
+from supervit.deploy.cli import main as deploy_main
 from supervit.deploy.cuda_graph import CudaGraphSubnet
-from supervit.deploy.errors import DeployError
+from supervit.deploy import DeployError
 from supervit.models import flops
 
 from deploy_helpers import tiny_model

@@ -7,12 +7,10 @@ import sys
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-sys.path.insert(0, os.path.join(REPO, "benchmarks", "gpu"))
+import bench_triton
+import gpu_check
 
-import bench_triton  # noqa: E402
-import gpu_check  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
 

@@ -5,7 +5,7 @@ An operating point is a dict ``{"img_size", "keep_ratio", "acc1", "acc5", "gmacs
 """
 from __future__ import annotations
 
-from .errors import DeployError
+from . import DeployError
 
 
 def _label(point: dict) -> str:
@@ -13,25 +13,33 @@ def _label(point: dict) -> str:
 
 
 def operating_points(table: dict, gmacs: dict, profile: dict | None = None) -> list[dict]:
-    """One point per sub-network of ``gmacs`` ({(s, r): GMACs}) with its accuracy and (optional) latency.
+    """One point per sub-network of ``gmacs`` ({(s, r): GMACs}) that the accuracy table has a row for, with its
+    accuracy and (optional) latency.
 
-    Raises ``DeployError`` when the table lacks a sub-network the model has.
+    A table may cover only some of the model's sub-networks (a run trained with ``--subnets`` evaluates those):
+    the points are those. Raises ``DeployError`` when the table covers none of them.
     """
     acc = {(r["img_size"], r["keep_ratio"]): r for r in table["rows"]}
     timed = {(r["img_size"], r["keep_ratio"]): r for r in profile["rows"]} if profile else {}
-    missing = [sub for sub in gmacs if sub not in acc]
-    if missing:
+    covered = [sub for sub in gmacs if sub in acc]
+    if not covered:
         raise DeployError(f"the accuracy table ({table['label']}) has no row for sub-network(s) "
-                          + ", ".join(f"({s}, {r:g})" for s, r in missing)
+                          + ", ".join(f"({s}, {r:g})" for s, r in gmacs)
                           + "; it covers " + ", ".join(f"({s}, {r:g})" for s, r in acc))
     points = []
-    for sub, cost in gmacs.items():
+    for sub in covered:
         row = timed.get(sub)
         points.append({"img_size": sub[0], "keep_ratio": sub[1], "acc1": acc[sub]["acc1"],
-                       "acc5": acc[sub].get("acc5"), "gmacs": cost,
+                       "acc5": acc[sub].get("acc5"), "gmacs": gmacs[sub],
                        "latency_ms": row["latency_ms"] if row else None,
                        "noisy": row.get("noisy", False) if row else False})
     return points
+
+
+def table_subnets(table: dict, subnets) -> list:
+    """The sub-networks of ``subnets`` that the accuracy table has a row for (in the order of ``subnets``)."""
+    rows = {(r["img_size"], r["keep_ratio"]) for r in table["rows"]}
+    return [sub for sub in subnets if (sub[0], sub[1]) in rows]
 
 
 def pareto_front(points: list[dict], cost: str) -> list[dict]:

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy = parser.add_argument_group("serving")
     policy.add_argument("--slo-ms", type=float, default=100.0, help="latency target of every request, ms, as the "
                         "client sees it")
-    policy.add_argument("--transit-ms", type=float, default=5.0, help="part of the SLO left for the HTTP path "
+    policy.add_argument("--transit-ms", type=float, default=10.0, help="part of the SLO left for the HTTP path "
                         "outside the replica (proxy, network): the replica answers within SLO - this")
     policy.add_argument("--mode", choices=("adaptive", "static"), default="adaptive",
                         help="adaptive: the operating point follows the load; static: always --subnet")

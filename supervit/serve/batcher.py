@@ -157,6 +157,11 @@ class Batcher:
                 counters.answered += 1
                 r.future.set_result((out, record, start - r.arrival_ms))
 
+    def in_worker(self, fn, *args):
+        """``fn(*args)`` run now in the forward's worker thread (e.g. warm-up calls: a thread's first forward sets up
+        its thread pool and allocator caches)."""
+        return self._executor.submit(fn, *args).result()
+
     def shutdown(self):
         if self._task is not None:
             self._task.cancel()

@@ -53,7 +53,7 @@ class SuperViTReplica:
         self.batcher = Batcher(self.policy, self._run_batch, config["slo_ms"] - config["transit_ms"])
         self.spec = InputSpec(**config["input"])
         self.labels = _labels(self.model.num_classes)
-        self._warm_up()
+        self.batcher.in_worker(self._warm_up)
         self.started = time.time()
 
     def _warm_up(self):

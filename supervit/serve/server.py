@@ -19,7 +19,8 @@ def check_port(host: str, port: int) -> int:
     """``port`` if it can be bound on ``host`` (a free one when 0); ``ValueError`` naming --host/--port otherwise."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            sock.bind((host, port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server will: closed
+            sock.bind((host, port))                                      # connections of a previous run may linger
             return sock.getsockname()[1]
     except OSError as err:
         raise ValueError(f"--host {host} --port {port} cannot be used: {err.strerror}") from None

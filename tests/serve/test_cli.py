@@ -1,0 +1,70 @@
+"""``python -m supervit.serve``: --help and argument errors answer without torch or ray; user errors are one line
+with exit code 2."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from serve_helpers import write_tiny_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cli(*argv, timeout=120):
+    return subprocess.run([sys.executable, "-m", "supervit.serve", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_answers_without_importing_torch_or_ray():
+    code = ("import runpy, sys\nsys.argv = ['-m', '--help']\ntry:\n"
+            "    runpy.run_module('supervit.serve', run_name='__main__', alter_sys=True)\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\n"
+            "heavy = sorted(m for m in ('torch', 'ray', 'timm') if m in sys.modules)\n"
+            "assert not heavy, f'{heavy} imported for --help'\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for flag in ("--slo-ms", "--mode {adaptive,static}", "--subnet", "--replicas", "--batch-sizes", "--margin"):
+        assert flag in done.stdout, flag
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--slo-ms", "100"], "give --checkpoint CKPT or --model NAME"),
+    (["--model", "super_deit_s", "--mode", "static"], "--mode static needs --subnet SIZE:KEEP"),
+    (["--model", "super_deit_s", "--subnet", "224:1"], "--subnet is for --mode static"),
+    (["--model", "super_deit_s", "--mode", "static", "--subnet", "224"], "argument --subnet: expected IMG_SIZE"),
+    (["--model", "super_deit_s", "--slo-ms", "0"], "--slo-ms must be > 0"),
+    (["--model", "super_deit_s", "--slo-ms", "50", "--transit-ms", "60"], "--transit-ms must be in [0, --slo-ms)"),
+    (["--model", "super_deit_s", "--batch-sizes", "2,4"], "--batch-sizes must be comma-separated ints >= 1 that "
+                                                          "include 1"),
+    (["--model", "super_deit_s", "--replicas", "0"], "--replicas must be >= 1"),
+    (["--model", "super_deit_s", "--mode", "fast"], "argument --mode: invalid choice"),
+    (["--model", "super_deit_s", "--mean", "a,b"], "--mean must be comma-separated numbers"),
+])
+def test_argument_errors_are_one_line_with_exit_code_2(argv, message):
+    done = run_cli(*argv, timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("python -m supervit.serve: error: ") and message in lines[0], lines[0]
+
+
+def test_port_in_use_is_a_user_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        done = run_cli("--model", "super_deit_s", "--port", str(busy.getsockname()[1]), timeout=60)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--port" in done.stderr and "cannot be used" in done.stderr
+
+
+def test_model_errors_name_the_argument(tmp_path):
+    done = run_cli("--model", "super_nothing")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "super_nothing" in done.stderr and "super_deit_s" in done.stderr
+    no_table = write_tiny_checkpoint(tmp_path / "no_table.pth", with_table=False)
+    done = run_cli("--checkpoint", no_table)
+    assert done.returncode == 2 and "needs accuracy numbers" in done.stderr, done.stderr
+    done = run_cli("--checkpoint", no_table, "--mode", "static", "--subnet", "20:1")
+    assert done.returncode == 2 and "--subnet" in done.stderr and "96:1" in done.stderr, done.stderr

@@ -5,12 +5,15 @@ draws (crop, flip, RandAugment ops and magnitudes, erasing box). The same code r
 Pieces: ``EncodedImageFolder`` (items: the file's bytes), ``collate_encoded`` -> ``EncodedBatch`` (bytes stay on
 the host; ``.to(device)`` only names where to decode), ``DeviceTrainTransform`` (the engine's ``batch_transform``:
 RandomResizedCrop, hflip, RandAugment, colour jitter when RandAugment is off, Normalize, RandomErasing) and
-``DeviceEvalTransform`` (Resize, CenterCrop, Normalize). Crops and resizes use torchvision's tensor functions;
+``DeviceEvalTransform`` (Resize, CenterCrop, Normalize); for LV-ViT with token labels ``EncodedTokenLabelSet`` (bytes
+and label map) and ``DeviceTokenLabelTransform`` (the reference's order: hflip and RandAugment on the full image,
+then the crop, with the label geometry of ``train/label_geometry.py``). Crops and resizes use torchvision's tensor functions;
 RandAugment reuses timm's op list and draws (``token_label.LabelAwareRandAugment.draw``) and applies each op to all
 images that drew it at once, with per-image magnitudes (``device_ops.py``).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -194,3 +197,83 @@ def device_train_set(root: str, arg_name: str, args, img_size: int):
         recount=args.recount)
     return EncodedImageFolder(root, "train", arg_name), collate_encoded, transform
 
+
+
+class EncodedTokenLabelSet(EncodedImageFolder):
+    """``EncodedImageFolder`` of ``root/train`` whose items also carry the image's label map:
+    ``(EncodedImage, (label [2, 5, h, w] float16, class_index))``; ``label_dir``: archive or label store."""
+
+    def __init__(self, root: str, label_dir: str, arg_name: str = "data_dir"):
+        from .label_store import open_labels
+
+        super().__init__(root, "train", arg_name)
+        if not label_dir or not os.path.isdir(label_dir):
+            raise DataError(f"--token-label-data {label_dir!r} is not a directory")
+        self.labels = open_labels(label_dir)
+        self.labels.read(self.folder.samples[0][0])  # fail early on a wrong directory
+
+    def __getitem__(self, index):
+        encoded, class_index = super().__getitem__(index)
+        return encoded, (self.labels.read(encoded.path), class_index)
+
+
+def collate_token_labels(batch):
+    """(EncodedBatch, (label maps [B, 2, 5, h, w], class indices [B])) from ``EncodedTokenLabelSet`` items."""
+    return (EncodedBatch([item[0] for item in batch]),
+            (torch.stack([item[1][0] for item in batch]), torch.tensor([int(item[1][1]) for item in batch])))
+
+
+class DeviceTokenLabelTransform:
+    """``(EncodedBatch or [uint8 [3, H, W]], (label, class_index)) -> (float32 [B, 3, S, S], (label, box, warp,
+    class_index))`` on the batch's device, the device twin of ``token_label.TokenLabelTransform``: per image hflip
+    and RandAugment on the full image (each image alone: their sizes differ), RandomResizedCrop recording the box,
+    the label geometry (``targets``: 'exact' or 'reference'), then Normalize and RandomErasing on the batch."""
+
+    def __init__(self, img_size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = "random",
+                 hflip: float = 0.5, auto_augment: str | None = "rand-m9-mstd0.5-inc1", reprob: float = 0.25,
+                 remode: str = "pixel", recount: int = 1, targets: str = "exact"):
+        from .token_label import TokenLabelTransform
+
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"--train-interpolation must be one of {sorted(_INTERPOLATIONS)} with "
+                             f"--data-backend device, got {interpolation!r}")
+        self.labels = TokenLabelTransform(img_size, 0, scale=scale, ratio=ratio, hflip=hflip,
+                                          auto_augment=auto_augment if auto_augment and auto_augment.lower() != "none"
+                                          else None, reprob=0.0, targets=targets)
+        self.img_size, self.scale, self.ratio = img_size, tuple(scale), tuple(ratio)
+        self.interpolations = _INTERPOLATIONS[interpolation]
+        self.reprob, self.remode, self.recount = reprob, remode, recount
+
+    def __call__(self, images, targets):
+        label, class_index = targets
+        decoded = decode_batch(images) if isinstance(images, EncodedBatch) else list(images)
+        device = decoded[0].device
+        crops, labels, boxes, warps = [], [], [], []
+        for image, label_map in zip(decoded, label):
+            draws = self.labels.draw_augment()
+            if draws.flip:
+                image = image.flip(-1)
+            if draws.ops:
+                image = device_ops.rand_augment(image[None], [draws.ops])[0]
+            draws.crop = tuple(RandomResizedCropAndInterpolation.get_params(image, self.scale, self.ratio))
+            mode = self.interpolations[int(torch.randint(len(self.interpolations), ()))]
+            top, left, h, w = draws.crop
+            crops.append(TF.resized_crop(image, top, left, h, w, [self.img_size, self.img_size], mode,
+                                         antialias=True))
+            out_label, box, warp = self.labels.label_geometry(label_map, (image.shape[-1], image.shape[-2]), draws)
+            labels.append(out_label)
+            boxes.append(box.to(device))
+            warps.append(warp.to(device))
+        out = normalize(torch.stack(crops))
+        if self.reprob > 0:
+            out = RandomErasing(self.reprob, mode=self.remode, max_count=self.recount, device=str(device))(out)
+        return out, (torch.stack(labels), torch.stack(boxes), torch.stack(warps), class_index)
+
+
+def device_token_label_set(root: str, label_dir: str, arg_name: str, args, img_size: int):
+    """(EncodedTokenLabelSet, collate_token_labels, DeviceTokenLabelTransform) from the LV-ViT recipe's flags."""
+    transform = DeviceTokenLabelTransform(
+        img_size, scale=args.scale, ratio=args.ratio, interpolation=args.train_interpolation, hflip=args.hflip,
+        auto_augment=args.aa, reprob=args.reprob, remode=args.remode, recount=args.recount,
+        targets=args.token_label_targets)
+    return EncodedTokenLabelSet(root, label_dir, arg_name), collate_token_labels, transform

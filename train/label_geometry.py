@@ -77,8 +77,8 @@ def _cell_affine(label: torch.Tensor, a, b, c, d, e, f) -> torch.Tensor:
     nearest cell (ties rounded up); scores 0 where the source is outside [0, H-1] x [0, W-1], indices from the
     nearest edge cell."""
     height, width = label.shape[-2:]
-    hh, ww = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
-                            indexing="ij")
+    hh, ww = torch.meshgrid(torch.arange(height, dtype=torch.float64, device=label.device),
+                            torch.arange(width, dtype=torch.float64, device=label.device), indexing="ij")
     src_h = a * hh + b * ww + c
     src_w = d * hh + e * ww + f
     inside = (src_h >= 0) & (src_h <= height - 1) & (src_w >= 0) & (src_w <= width - 1)

@@ -174,13 +174,15 @@ class LVViTRecipe(Recipe):
 
         if not args.token_label_data:
             raise ValueError("--token-label needs --token-label-data DIR (DIR/<class_dir>/<image_stem>.pt files)")
-        if getattr(args, "data_backend", "pil") == "device":
-            raise ValueError("--data-backend device does not run the token-label augmentation; use --data-backend "
-                             "pil with --token-label")
         grid = model.img_sizes[-1] // model.patch_size
         if args.token_label_size != grid:
             raise ValueError(f"--token-label-size must equal the largest token grid {grid}, got "
                              f"{args.token_label_size}")
+        if getattr(args, "data_backend", "pil") == "device":  # decode, augment and place the labels on the device
+            from .device_data import device_token_label_set
+
+            return device_token_label_set(args.data_path, args.token_label_data, self.data_arg_name, args,
+                                          model.img_sizes[-1])
         transform = TokenLabelTransform(model.img_sizes[-1], args.token_label_size, scale=tuple(args.scale),
                                         ratio=tuple(args.ratio), interpolation=args.train_interpolation,
                                         hflip=args.hflip, auto_augment=None if args.aa in (None, "", "none")

@@ -167,5 +167,42 @@ def test_lvvit_trains_with_reference_targets(tmp_path):
               "--token-label-size", "5", "--cooldown-epochs", "0", "--no-progress", "--device", "cpu"]
     metrics = main_lvvit.main(common + ["--token-label-targets", "reference", "--output", str(tmp_path / "out")])
     assert "80_1_acc1" in metrics
-    with pytest.raises(ValueError, match="--data-backend device does not run the token-label augmentation"):
-        main_lvvit.main(common + ["--data-backend", "device", "--output", str(tmp_path / "out2")])
+    metrics = main_lvvit.main(common + ["--data-backend", "device", "--output", str(tmp_path / "out2")])
+    assert "80_1_acc1" in metrics
+
+
+def test_device_token_label_targets_follow_the_pixels():
+    """The device twin of the PIL token-label pipeline: its images and its exact targets agree token by token."""
+    from train.device_data import DeviceTokenLabelTransform
+
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    width, height = 300, 200
+    image = torch.from_numpy(np.array(_coordinate_image(width, height))).permute(2, 0, 1).contiguous()
+    transform = DeviceTokenLabelTransform(TOKENS * 6, scale=(0.3, 1.0), interpolation="bilinear", reprob=0.0)
+    inner = transform.labels.rand_augment.inner  # geometric ops only: colour ops would rewrite the coordinates
+    inner.ops = [op for op in inner.ops if op.name in GEOMETRIC_OPS]
+    for op in inner.ops:
+        op.prob = 1.0
+    batch = 12
+    out, (label, box, warp, classes) = transform([image] * batch, (_cell_label()[None].expand(batch, -1, -1, -1,
+                                                                                                -1), torch.zeros(batch)))
+    assert len({tuple(b.tolist()) for b in box}) == batch  # every image its own crop
+    pixels = (out * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+              + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) * 255
+    _, dense = token_label_targets(label, box, None, CELLS * CELLS + 1, 0.0, warp=warp, grid=TOKENS)
+    checked = 0
+    step = out.shape[-1] / TOKENS
+    for i in range(batch):
+        for ty in range(TOKENS):
+            for tx in range(TOKENS):
+                r, g, b = pixels[i, :, int((ty + 0.5) * step), int((tx + 0.5) * step)].tolist()
+                if b < 250:
+                    continue  # the op's fill (or a blend with it)
+                cx, cy = (2 * r + 1) / width * CELLS, (2 * g + 1) / height * CELLS
+                if min(cx % 1, 1 - cx % 1, cy % 1, 1 - cy % 1) < 0.25:
+                    continue
+                checked += 1
+                assert dense[i, ty * TOKENS + tx].argmax().item() == int(cy) * CELLS + int(cx), (i, ty, tx)
+    assert checked >= 200

@@ -7,7 +7,9 @@ import torch
 from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
 
-from .checkpoint import convert_plain_vit_state_dict, extract_state_dict, has_ema_weights, read_checkpoint
+from .checkpoint import (CheckpointError, convert_plain_vit_state_dict, extract_state_dict, has_ema_weights,
+                         is_plain_vit_state, read_checkpoint, state_fit, strip_wrapper_prefixes)
+from .features import SubnetFeatures
 from .pretrained import RELEASED_WEIGHTS
 
 # Which weights of a released file ``pretrained=True`` takes by default: each recipe's evaluated weights
@@ -17,10 +19,30 @@ PRETRAINED_EMA = {"super_deit_s": False, "super_lvvit_s": True}
 
 def checkpoint_filter_fn(state_dict: dict, model) -> dict:
     """A plain DeiT-S / LV-ViT-S state dict (one ``pos_embed``) converted to the super-network's tables; ours
-    unchanged (a leading ``module.`` is stripped by the loader)."""
-    if "pos_embed" in state_dict and "pos_embed_list.0" not in state_dict:
-        return convert_plain_vit_state_dict(state_dict, model)
-    return state_dict
+    unchanged. A file that does not fit the model is refused here in one line (``CheckpointError``), before timm's
+    loader would list every ill-shaped tensor; the first convolution and the classifiers are left to timm, which
+    adapts them to ``in_chans`` / ``num_classes``."""
+    state = strip_wrapper_prefixes(state_dict)
+    if is_plain_vit_state(state):
+        state = convert_plain_vit_state_dict(state, model)
+    adapted = _adapted_by_timm(model)
+    fit = state_fit(model, state)
+    wrong = {k: v for k, v in fit.wrong_shape.items() if not k.startswith(adapted)}
+    missing = [k for k in fit.missing if not k.startswith(adapted)]
+    if wrong or missing:
+        shapes = [f"{k}: file {a} vs model {b}" for k, (a, b) in list(wrong.items())[:3]]
+        raise CheckpointError(f"the pretrained file does not fit {type(model).__name__}: "
+                              + "; ".join(shapes or [f"it lacks {missing[:3]}"])
+                              + " (a checkpoint of another model?)")
+    return state
+
+
+def _adapted_by_timm(model) -> tuple:
+    """Name prefixes of the tensors timm adapts itself when loading pretrained weights (first conv, classifiers)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = [cfg.get("first_conv")] + list(cfg.get("classifier") or [] if not isinstance(cfg.get("classifier"), str)
+                                            else [cfg["classifier"]])
+    return tuple(f"{n}." for n in names if n)
 
 
 def _pretrained_state_dict(variant: str, kwargs: dict, use_ema: bool | None) -> dict:
@@ -55,7 +77,7 @@ def build_super_vit(model_class, variant: str, pretrained: bool = False, pretrai
     is converted), read with ``weights_only=True``; ``pretrained_ema`` picks the EMA weights (default: the recipe's
     choice, see ``PRETRAINED_EMA``). ``num_classes`` / ``in_chans`` different from the file adapt the heads
     (re-initialised) and the first convolution as timm does. ``features_only=True`` wraps the model in timm's
-    feature getter (``out_indices``: the last 3 blocks by default). ``device`` / ``dtype`` place the new model.
+    feature getter with the sub-network (``SubnetFeatures``; ``out_indices``: the last 3 blocks by default). ``device`` / ``dtype`` place the new model.
     """
     if "img_size" in kwargs:
         raise ValueError(f"{variant}: img_size is chosen per call (forward's img_size argument); pass "
@@ -65,7 +87,7 @@ def build_super_vit(model_class, variant: str, pretrained: bool = False, pretrai
         overlay["state_dict"] = _pretrained_state_dict(variant, {**kwargs, "pretrained_cfg_overlay": overlay},
                                                        pretrained_ema)
         kwargs["pretrained_cfg_overlay"] = overlay
-    feature_cfg = dict(feature_cls="getter", out_indices=kwargs.pop("out_indices", 3))
+    feature_cfg = dict(feature_cls=SubnetFeatures, out_indices=kwargs.pop("out_indices", 3))
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = build_model_with_cfg(model_class, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,

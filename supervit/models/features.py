@@ -1,9 +1,9 @@
 """timm's feature API for the super-networks: block outputs as token maps, and trimming unused blocks."""
 from __future__ import annotations
 
-from torch import nn
 from timm.layers import Format
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, feature_take_indices
+from torch import nn
 
 
 class FeaturesMixin:
@@ -85,3 +85,27 @@ def _token_map(tokens, positions, grid: int, fmt, return_prefix_tokens: bool):
         patches = patches.reshape(patches.shape[0], grid, grid, -1).permute(0, 3, 1, 2).contiguous()  # [B, C, g, g]
     return (patches, prefix) if return_prefix_tokens else patches
 
+
+
+class SubnetFeatures(FeatureGetterNet):
+    """timm's feature getter (``features_only=True``) over a super-network, with its sub-network:
+    ``forward(x, img_size=None, keep_ratio=None)`` returns the feature maps of that sub-network, and ``set_subnet`` /
+    ``subnets`` / ``default_subnet`` act on the wrapped model (what a plain ``features(x)`` runs)."""
+
+    def forward(self, x, img_size: int | None = None, keep_ratio: float | None = None):
+        return self.model.forward_intermediates(x, indices=self.out_indices, norm=self.norm,
+                                                output_fmt=self.output_fmt, intermediates_only=True,
+                                                img_size=img_size, keep_ratio=keep_ratio)
+
+    def set_subnet(self, img_size: int, keep_ratio: float = 1.0):
+        """Make (img_size, keep_ratio) what a plain ``features(x)`` runs."""
+        self.model.set_subnet(img_size, keep_ratio)
+        return self
+
+    def subnets(self):
+        """The wrapped model's operating points."""
+        return self.model.subnets()
+
+    @property
+    def default_subnet(self):
+        return self.model.default_subnet

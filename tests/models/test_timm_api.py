@@ -98,6 +98,33 @@ def test_lvvit_pretrained_new_class_count_reinitialises_both_heads(tmp_path):
         timm.create_model("super_lvvit_s", img_size=160)
 
 
+def test_pretrained_file_of_another_model_is_one_clear_line(tmp_path):
+    from supervit.models import CheckpointError
+
+    path = tmp_path / "deit.pth"
+    torch.save({"model": timm.create_model("super_deit_s", **SMALL).state_dict()}, path)
+    with pytest.raises(CheckpointError) as err:
+        timm.create_model("super_lvvit_s", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **SMALL)
+    message = str(err.value)
+    assert len(message.splitlines()) == 1 and "does not fit SuperLVViT" in message and "file (" in message
+
+
+@pytest.mark.parametrize("name", ["super_deit_s", "super_lvvit_s"])
+def test_features_only_takes_the_subnet_per_call_and_by_set_subnet(name):
+    torch.manual_seed(0)
+    features = timm.create_model(name, features_only=True, **SMALL).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        per_call = features(x, img_size=160, keep_ratio=0.5)
+        expected = features.model.forward_intermediates(x, indices=features.out_indices, intermediates_only=True,
+                                                        img_size=160, keep_ratio=0.5)
+        assert [tuple(m.shape) for m in per_call] == [(2, 32, 10, 10)] * 3
+        assert all(torch.equal(a, b) for a, b in zip(per_call, expected))
+        assert features.set_subnet(160, 0.5) is features and features.default_subnet == (160, 0.5)
+        assert all(torch.equal(a, b) for a, b in zip(features(x), per_call))
+    assert len(features.subnets()) == 12
+
+
 @pytest.mark.parametrize("cls", [SuperDeiT, SuperLVViT])
 def test_heads_and_reset_classifier(cls):
     torch.manual_seed(0)

@@ -7,14 +7,10 @@ import torch
 from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
 
-from .checkpoint import (CheckpointError, convert_plain_vit_state_dict, extract_state_dict, has_ema_weights,
-                         is_plain_vit_state, read_checkpoint, state_fit, strip_wrapper_prefixes)
+from .checkpoint import (CheckpointError, convert_plain_vit_state_dict, is_plain_vit_state, pick_weights,
+                         read_checkpoint, state_fit, strip_wrapper_prefixes)
 from .features import SubnetFeatures
 from .pretrained import RELEASED_WEIGHTS
-
-# Which weights of a released file ``pretrained=True`` takes by default: each recipe's evaluated weights
-# (DeiT evaluates the raw model, LV-ViT its EMA).
-PRETRAINED_EMA = {"super_deit_s": False, "super_lvvit_s": True}
 
 
 def checkpoint_filter_fn(state_dict: dict, model) -> dict:
@@ -46,7 +42,8 @@ def _adapted_by_timm(model) -> tuple:
 
 
 def _pretrained_state_dict(variant: str, kwargs: dict, use_ema: bool | None) -> dict:
-    """Weights of the file named by ``pretrained_cfg_overlay=dict(file=...)``, read with ``weights_only``."""
+    """Weights of the file named by ``pretrained_cfg_overlay=dict(file=...)``: read weights-only, the EMA or raw
+    weights picked by ``pick_weights`` (``use_ema`` None: the weights the run evaluated)."""
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
     if cfg.state_dict is not None:
         return cfg.state_dict
@@ -54,10 +51,7 @@ def _pretrained_state_dict(variant: str, kwargs: dict, use_ema: bool | None) -> 
         raise ValueError(f"{variant}: pretrained=True needs the released checkpoint on disk (nothing is downloaded):"
                          f" fetch it from {RELEASED_WEIGHTS[variant]} and pass "
                          "pretrained_cfg_overlay=dict(file=PATH)")
-    checkpoint = read_checkpoint(cfg.file)
-    if use_ema is None:
-        use_ema = PRETRAINED_EMA[variant] and has_ema_weights(checkpoint)
-    return extract_state_dict(checkpoint, use_ema=use_ema)
+    return pick_weights(read_checkpoint(cfg.file), ema=use_ema).state
 
 
 def _drop_state_dict(model) -> None:
@@ -74,10 +68,12 @@ def build_super_vit(model_class, variant: str, pretrained: bool = False, pretrai
 
     With ``pretrained=True`` the weights come from ``pretrained_cfg_overlay=dict(file=PATH)`` (a released file in
     the DeiT-script or timm-saver format, our own checkpoint, or a plain DeiT-S / LV-ViT-S file whose position table
-    is converted), read with ``weights_only=True``; ``pretrained_ema`` picks the EMA weights (default: the recipe's
-    choice, see ``PRETRAINED_EMA``). ``num_classes`` / ``in_chans`` different from the file adapt the heads
-    (re-initialised) and the first convolution as timm does. ``features_only=True`` wraps the model in timm's
-    feature getter with the sub-network (``SubnetFeatures``; ``out_indices``: the last 3 blocks by default). ``device`` / ``dtype`` place the new model.
+    is converted), read with ``weights_only=True``; ``pretrained_ema`` picks the EMA weights (default: the weights
+    the run evaluated, see ``pick_weights``: the raw ones of a DeiT-script file, the EMA of a timm-saver file that
+    keeps one, or what our evaluation recorded). ``num_classes`` / ``in_chans`` different from the file adapt the
+    heads (re-initialised) and the first convolution as timm does. ``features_only=True`` wraps the model in timm's
+    feature getter with the sub-network (``SubnetFeatures``; ``out_indices``: the last 3 blocks by default).
+    ``device`` / ``dtype`` place the new model.
     """
     if "img_size" in kwargs:
         raise ValueError(f"{variant}: img_size is chosen per call (forward's img_size argument); pass "

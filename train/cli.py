@@ -104,9 +104,16 @@ def add_common_arguments(parser: argparse.ArgumentParser):
                        help="teacher of the reduced-keep sub-networks: 'group' = own size's full keep (DeiT "
                             "default), 'full' = the largest full sub-network for both (LV-ViT default)")
     group.add_argument("--amp-dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
-                       help="autocast dtype; auto = float16 + GradScaler on CUDA (when AMP is on), float32 on CPU")
+                       help="autocast dtype; auto = on CUDA with AMP on, bfloat16 where the GPU has it, else float16 + "
+                            "GradScaler (the reference's); float32 on CPU")
     group.add_argument("--clip-mode", default="norm", choices=["norm", "value", "agc"],
                        help="gradient clipping mode (timm dispatch_clip_grad)")
+    group.add_argument("--clip-each-backward", action="store_true",
+                       help="with --clip-grad: clip the partial gradient sum after each of the 4 backward passes, as "
+                            "the reference scripts did (default: clip the summed gradient once, before the step)")
+    group.add_argument("--model-ema-warmup", action="store_true",
+                       help="EMA decay warm-up (timm's ModelEmaV3 use_warmup): the EMA follows the weights closely "
+                            "early on (default: decay from the first update, as the reference's EMA)")
     group.add_argument("--eval-interval", type=int, default=1,
                        help="full evaluation of every sub-network every N epochs (and at the end); 0 = at the end "
                             "only. Other epochs evaluate the largest full sub-network only")
@@ -211,6 +218,10 @@ def check_args(args, parser: argparse.ArgumentParser):
         parser.error(f"--cooldown-epochs must be >= 0, got {args.cooldown_epochs}")
     if args.finetune_partial and not args.finetune:
         parser.error("--finetune-partial needs --finetune PATH")
+    if args.clip_each_backward and args.clip_grad is None:
+        parser.error("--clip-each-backward needs --clip-grad VALUE")
+    if args.clip_each_backward and args.clip_mode == "agc":
+        parser.error("--clip-each-backward works with --clip-mode norm or value, not agc")
 
 
 def user_error_types() -> tuple[type, ...]:

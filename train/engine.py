@@ -22,7 +22,7 @@ from timm.utils import dispatch_clip_grad
 from tqdm import tqdm
 
 from supervit.models.subnet import Subnet
-from supervit.training import TEACHERS, ClassificationTask, kd_loss, sample_subnets, supervit_step
+from supervit.training import TEACHERS, ClassificationTask, kd_loss, sample_subnets, supervit_step, zero_grad
 
 from . import faults
 from .distributed import DistInfo, all_reduce_sum
@@ -65,7 +65,8 @@ class StepContext:
     teachers: tuple = TEACHERS["group"]
     clip_grad: Optional[float] = None
     clip_mode: str = "norm"
-    ema: Optional[nn.Module] = None
+    clip_each_backward: bool = False  # the reference: clip the partial sum after each backward (else once)
+    ema: Optional[object] = None    # train.optimization.Ema
     max_nonfinite_steps: int = 20
     nonfinite_streak: int = 0
     skipped_steps: int = 0
@@ -75,28 +76,22 @@ class NonFiniteLossError(RuntimeError):
     """The loss stayed NaN/inf for too many consecutive steps."""
 
 
-def zero_grads(module: nn.Module, optimizer: torch.optim.Optimizer):
-    """Zero every gradient, allocating the missing ones: each parameter always has a (possibly zero) gradient, as
-    the reference's ``zero_grad()`` left them, so a parameter unused in a step (e.g. the position tables of sizes
-    not drawn) still takes its AdamW momentum and decay update, whatever happened before a resume."""
-    optimizer.zero_grad(set_to_none=False)
-    for param in module.parameters():
-        if param.requires_grad and param.grad is None:
-            param.grad = torch.zeros_like(param)
-
-
 def train_step(ctx: StepContext, images, targets, subnets: list[Subnet | None], num_updates: int) -> dict:
     """One optimizer step over the 4 sub-networks (None entries skipped, loss 0); returns {'losses': [4 floats],
     'stepped': bool}."""
-    zero_grads(ctx.module, ctx.optimizer)
+    zero_grad(ctx.optimizer)  # the reference's: a never-used parameter keeps no gradient (AdamW skips it)
 
     def after_backward(event):
+        if ctx.clip_each_backward and ctx.clip_grad:
+            # on scaled gradients the threshold scales too: the same clip as on the unscaled ones (norm, value)
+            scale = ctx.scaler.get_scale() if ctx.scaler is not None else 1.0
+            dispatch_clip_grad(ctx.module.parameters(), ctx.clip_grad * scale, mode=ctx.clip_mode)
         for hook in STEP_HOOKS:
             hook({**event, "module": ctx.module})
 
+    hooked = STEP_HOOKS or (ctx.clip_each_backward and ctx.clip_grad)
     result = supervit_step(ctx.model, images, targets, subnets, ctx.task, teachers=ctx.teachers,
-                           amp_dtype=ctx.amp.dtype, scaler=ctx.scaler,
-                           on_backward=after_backward if STEP_HOOKS else None)
+                           amp_dtype=ctx.amp.dtype, scaler=ctx.scaler, on_backward=after_backward if hooked else None)
     losses_t = result.losses  # [4]
     finite = torch.isfinite(losses_t).all().to(torch.int32).reshape(1)
     if ctx.info.distributed:  # every rank takes the same skip decision
@@ -121,8 +116,9 @@ def train_step(ctx: StepContext, images, targets, subnets: list[Subnet | None], 
 
 def _optimizer_step(ctx: StepContext, finite: bool, num_updates: int) -> bool:
     """Unscale once (after the 4 backward passes), clip, step, update the scaler and the EMA."""
+    clip_now = ctx.clip_grad and not ctx.clip_each_backward
     if ctx.scaler is not None:
-        if ctx.clip_grad:
+        if clip_now:
             ctx.scaler.unscale_(ctx.optimizer)
             dispatch_clip_grad(ctx.module.parameters(), ctx.clip_grad, mode=ctx.clip_mode)
         scale_before = ctx.scaler.get_scale()
@@ -130,7 +126,7 @@ def _optimizer_step(ctx: StepContext, finite: bool, num_updates: int) -> bool:
         ctx.scaler.update()
         stepped = ctx.scaler.get_scale() >= scale_before
     elif finite:
-        if ctx.clip_grad:
+        if clip_now:
             dispatch_clip_grad(ctx.module.parameters(), ctx.clip_grad, mode=ctx.clip_mode)
         ctx.optimizer.step()
         stepped = True
@@ -140,7 +136,7 @@ def _optimizer_step(ctx: StepContext, finite: bool, num_updates: int) -> bool:
         ctx.skipped_steps += 1
         ctx.optimizer.zero_grad(set_to_none=False)
     elif ctx.ema is not None:
-        ctx.ema.update(ctx.module, step=num_updates)
+        ctx.ema.update(ctx.module, num_updates)
     return stepped
 
 

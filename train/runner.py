@@ -9,13 +9,10 @@ import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3
 
 from supervit.models import format_subnets, largest_full, load_weights, model_config, pick_weights
 
-from . import checkpointing, data as data_lib, digits, model_source, report
+from . import checkpointing, data as data_lib, digits, model_source, optimization, report
 from .cli import UsageError
 from .distributed import all_reduce_sum, barrier, cleanup, epoch_seed, init_distributed, seed_everything
 from .engine import Amp, StepContext, evaluate, train_one_epoch
@@ -27,10 +24,13 @@ def log(info, *parts):
 
 
 def resolve_amp(args, device: torch.device) -> Amp:
-    """fp16 + GradScaler on CUDA when AMP is on; on CPU fp32 unless --amp-dtype bfloat16."""
+    """On CUDA with AMP on: bf16 autocast where the GPU has it (no scaler), else fp16 + GradScaler (the reference);
+    on CPU fp32 unless --amp-dtype bfloat16."""
     choice = (args.amp_dtype or "auto").lower()
     if choice == "auto":
-        dtype = torch.float16 if (device.type == "cuda" and args.amp) else None
+        dtype = None
+        if device.type == "cuda" and args.amp:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
         dtype = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                  "float32": None, "fp32": None}[choice]
@@ -159,11 +159,6 @@ def run(args, recipe):
         cleanup()
 
 
-def schedule_epochs(args, recipe, num_epochs: int) -> int:
-    """Epochs the loop runs: timm's loop (LV-ViT) adds the cool-down epochs, the DeiT loop stops at --epochs."""
-    return num_epochs if recipe.cooldown_adds_epochs else args.epochs
-
-
 def _run(args, recipe, info):
     seed_everything(args.seed)  # the same initial weights on every rank (EMA copies included)
     if args.threads:
@@ -195,21 +190,11 @@ def _run(args, recipe, info):
     val_loader = eval_loader(eval_set, info, args)
     updates_per_epoch = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
 
-    lr = args.lr
-    if recipe.scales_lr_by_batch and not args.unscale_lr:
-        lr = args.lr * args.batch_size * info.world_size / 512.0  # --lr is per 512 images
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, **_opt_kwargs(args))
-    scheduler, num_epochs = create_scheduler_v2(
-        optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
-        cooldown_epochs=args.cooldown_epochs, patience_epochs=args.patience_epochs, decay_rate=args.decay_rate,
-        min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
-        step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
-    total_epochs = schedule_epochs(args, recipe, num_epochs)
-    scaler = torch.amp.GradScaler("cuda") if amp.dtype is torch.float16 else None
-    ema = None
-    if args.model_ema:
-        ema = ModelEmaV3(model, decay=args.model_ema_decay, device="cpu" if args.model_ema_force_cpu else None)
+    lr = optimization.scaled_lr(args, recipe, info.world_size)
+    optimizer = optimization.build_optimizer(args, model, lr, info.device)
+    scheduler, total_epochs = optimization.build_scheduler(args, recipe, optimizer, updates_per_epoch)
+    scaler = optimization.build_scaler(amp.dtype)
+    ema = optimization.build_ema(args, model)
     start_epoch, best, accuracy = args.start_epoch, (None, None), None
     resume_path = args.resume or (checkpointing.find_autoresume(args.output_dir, recipe.ckpt_format)
                                   if args.autoresume else None)
@@ -218,6 +203,7 @@ def _run(args, recipe, info):
                                      scaler=scaler, ema=ema)
         start_epoch, best = state["start_epoch"], (state["best_metric"], state["best_epoch"])
         accuracy = state["accuracy"]
+        optimization.restore_gradient_slots(model, optimizer)
         log(info, f"resumed from {resume_path}: continuing at epoch {start_epoch}")
 
     ddp_model = model
@@ -226,7 +212,8 @@ def _run(args, recipe, info):
                                             else None, find_unused_parameters=True)
     ctx = StepContext(model=ddp_model, module=model, task=recipe.build_task(model), optimizer=optimizer,
                       scaler=scaler, amp=amp, info=info, teachers=recipe.teachers(), clip_grad=args.clip_grad,
-                      clip_mode=args.clip_mode, ema=ema, max_nonfinite_steps=args.max_nonfinite_steps)
+                      clip_mode=args.clip_mode, clip_each_backward=args.clip_each_backward, ema=ema,
+                      max_nonfinite_steps=args.max_nonfinite_steps)
     allowed = set(subnets) if args.subnets else None
     key = f"{largest_full(subnets).key}_acc1"
     config = model_config(model)
@@ -251,7 +238,7 @@ def _run(args, recipe, info):
         rng = random.Random(epoch_seed(args.seed, info.rank, epoch))
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        scheduler.step(epoch)
+        optimization.start_epoch_lr(scheduler, recipe, epoch)
         marks = (data_lib.skipped_images(train_set), data_lib.skipped_images(eval_set))
         stats = train_one_epoch(ctx, loader, epoch, rng, scheduler=scheduler, updates_per_epoch=updates_per_epoch,
                                 max_steps=args.max_steps_per_epoch, progress=not args.no_progress, allowed=allowed,
@@ -308,12 +295,3 @@ def _run(args, recipe, info):
     if args.dump_rank_weights and args.output_dir:
         torch.save(model.state_dict(), os.path.join(args.output_dir, f"weights_rank{info.rank}.pth"))
     return metrics
-
-
-def _opt_kwargs(args) -> dict:
-    kwargs = {}
-    if args.opt_eps is not None:
-        kwargs["eps"] = args.opt_eps
-    if args.opt_betas is not None:
-        kwargs["betas"] = tuple(args.opt_betas)
-    return kwargs

@@ -62,7 +62,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str):
         dist.all_reduce(expected)
         expected /= world
         errors.append((grad_vector(model) - expected).abs().max().item())
-        pos = [p.grad.abs().sum().item() for p in model.pos_embed_list]
+        pos = [p.grad.abs().sum().item() if p.grad is not None else 0.0 for p in model.pos_embed_list]
     torch.save({"errors": errors, "pos": pos, "scale": expected.abs().max().item()},
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()

@@ -5,15 +5,16 @@ Images: the colour photographs shipped in scikit-image (astronaut, coffee, chels
 immunohistochemistry, retina), each cut into landscape 500 x 375 and portrait 375 x 500 views and saved as JPEG at
 quality 90 (about ImageNet's median size), in an ImageFolder. Label maps: half [2, 5, 18, 18] per image (NFNet-F6's
 size), as the per-image archive and as a converted store. Every candidate handles one batch per call in this one
-process with one thread (what one loader worker does on one core); candidates are interleaved round by round
+process with one thread (what one loader worker does on one core), timed in CPU time of that thread (so the
+rates are per busy core, not inflated by other processes' load); candidates are interleaved round by round
 (supervit.timing). Per-image candidates:
 
 - ``deit_pil``: read + decode + RandomResizedCrop + hflip + RandAugment + Normalize + RandomErasing (timm's
   create_transform as train/data.py builds it; colour jitter is off with RandAugment, as in timm and the reference);
 - ``lvvit_pil_files`` / ``lvvit_pil_store``: the token-label pipeline (hflip and RandAugment on the full image, then
   the crop, label geometry, RandomErasing) with the label map read from the archive / the store;
-- ``device_path_cpu``: the device pipeline (train/device_data.py) run on CPU tensors: read bytes, decode with
-  torchvision, the same augmentations batched;
+- ``device_path_cpu`` / ``lvvit_device_path_cpu``: the device pipelines (train/device_data.py) run on CPU
+  tensors: read bytes (and the label map from the store), decode with torchvision, the same augmentations;
 - ``decode_only``: read + decode + RGB (PIL), the floor of any PIL pipeline;
 - ``labels_files`` / ``labels_store``: the label read alone.
 
@@ -26,13 +27,13 @@ Per-batch work that runs on the training device in training is timed here on the
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
 import shutil
 import sys
 import tempfile
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -90,7 +91,8 @@ def build_candidates(data: str, labels: str, store: str, batch: int) -> tuple[di
     from torchvision.datasets import ImageFolder
 
     from train import data as data_lib
-    from train.device_data import DeviceTrainTransform, EncodedImageFolder, collate_encoded
+    from train.device_data import (DeviceTokenLabelTransform, DeviceTrainTransform, EncodedImageFolder,
+                                   EncodedTokenLabelSet, collate_encoded, collate_token_labels)
     from train.label_store import open_labels
     from train.token_label import TokenLabelDataset, TokenLabelTask, TokenLabelTransform
 
@@ -100,6 +102,7 @@ def build_candidates(data: str, labels: str, store: str, batch: int) -> tuple[di
     lv_store = TokenLabelDataset(data, store, token)
     encoded = EncodedImageFolder(data, "train")
     device_tf = DeviceTrainTransform(224)
+    encoded_lv, device_lv = EncodedTokenLabelSet(data, store), DeviceTokenLabelTransform(224)
     files, stored = open_labels(labels), open_labels(store)
     paths = [path for path, _ in deit.samples]
     n = len(paths)
@@ -117,11 +120,16 @@ def build_candidates(data: str, labels: str, store: str, batch: int) -> tuple[di
         images, targets = collate_encoded([encoded[i] for i in indices()])
         return device_tf(images, targets)
 
+    def device_lvvit():
+        images, targets = collate_token_labels([encoded_lv[i] for i in indices()])
+        return device_lv(images, targets)
+
     per_image = {
         "deit_pil": per_item(deit),
         "lvvit_pil_files": per_item(lv_files),
         "lvvit_pil_store": per_item(lv_store),
         "device_path_cpu": device_path,
+        "lvvit_device_path_cpu": device_lvvit,
         "decode_only": lambda: [Image.open(paths[i]).convert("RGB") for i in indices()],
         "labels_files": lambda: [files.read(paths[i]) for i in indices()],
         "labels_store": lambda: [stored.read(paths[i]) for i in indices()],
@@ -164,8 +172,10 @@ def main(argv=None):
         store = os.path.join(work, "store")
         convert_archive(labels, store, progress=False)
         per_image, per_batch = build_candidates(data, labels, store, args.batch)
+        # CPU time of this thread (time.thread_time): the core-seconds a worker spends, which other processes on
+        # the machine do not inflate (their load only slows the wall clock)
         results, cond = measure({**per_image, **per_batch}, "cpu", batch=args.batch, backend="1 thread",
-                                rounds=args.rounds, warmup=1, progress=True)
+                                rounds=args.rounds, warmup=1, progress=True, clock=time.thread_time)
         sizes = [os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(data, "train")) for f in fs]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -195,9 +205,9 @@ def write_results(out: str, summary: dict):
              f"thread; batch {summary['batch']}; {summary['images']} JPEGs (500 x 375 / 375 x 500, quality 90, "
              f"median {summary['jpeg_bytes_median'] // 1024} KiB) from scikit-image's photographs; load average "
              f"{cond.get('load_before')} before, {cond.get('load_after')} after (other processes share the 2 "
-             "cores: the machine is noisy).", "",
+             "cores; times are this thread's CPU time, which their load does not add to).", "",
              f"Command: `{cond.get('command', 'python benchmarks/bench_data_path.py')}`", "",
-             "| candidate | per | median ms | IQR ms | ms / image | images/s per core | cores per H100 at "
+             "| candidate | per | median CPU ms | IQR ms | ms / image | images/s per core | cores per H100 at "
              f"{summary['step_rates']['vit_s_h100']} img/s (ViT-S) | at {summary['step_rates']['supervit_h100']} "
              "img/s (SuperViT) |", "|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:

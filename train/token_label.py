@@ -95,7 +95,8 @@ class TokenLabelTransform:
     ``__call__(img, label) -> (image [3, S, S], label [2, 5, h, w], box [4], warp [2, 3])``: ``targets='exact'``
     returns the label map unchanged with the crop box on the augmented image and the warp to the original map;
     ``targets='reference'`` returns the reference's warped label map and (transposed) box with the identity warp
-    (see ``train/label_geometry.py``).
+    (see ``train/label_geometry.py``). ``label_size``: the token grid the targets are for (recorded only: the
+    geometry is in label-map units and the task builds the grid).
     """
 
     def __init__(self, img_size: int, label_size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),

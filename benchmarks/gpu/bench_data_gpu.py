@@ -31,7 +31,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 from supervit.files import atomic_write  # noqa: E402
-from supervit.timing import conditions, device_name, measure, sync  # noqa: E402
+from supervit.timing import device_name, measure, sync  # noqa: E402
 
 TINY_MODEL = {"img_sizes": [32, 48, 64], "embed_dim": 32, "depth": 4, "num_heads": 2, "prune_layers": [1, 2, 3]}
 
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     lines = [f"# Device data path on {summary['device']}", "", "| candidate | median ms / batch | images/s |",
              "|---|---|---|"]
     lines += [f"| {name} | {r['median_ms']:.1f} | {r['images_per_s']:.0f} |" for name, r in rates.items()]
-    lines += ["", f"| data path | steps | workers | data wait ms | step ms | data wait share | images/s |",
+    lines += ["", "| data path | steps | workers | data wait ms | step ms | data wait share | images/s |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {w['backend']} | {w['steps']} | {w['workers']} | {w['data_wait_ms_median']:.1f} | "
               f"{w['step_ms_median']:.1f} | {100 * w['data_wait_share']:.1f} % | {w['images_per_s']:.0f} |"

@@ -233,3 +233,26 @@ def test_gpu_data_benchmark_plumbing_on_cpu(tmp_path):
     check = load("gpu_check", "benchmarks/gpu/gpu_check.py")
     lines = check.target_lines(str(tmp_path))
     assert any(line.startswith("- data wait with the device data path") for line in lines)
+
+
+def test_data_path_benchmark_plumbing(tmp_path):
+    """benchmarks/bench_data_path.py end to end at one round of two images: every candidate timed, files written."""
+    import importlib.util
+    import json
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("bench_data_path", os.path.join(root, "benchmarks",
+                                                                                  "bench_data_path.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--out", str(tmp_path), "--rounds", "1", "--batch", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads((tmp_path / "data_path.json").read_text())
+    names = {row["candidate"] for row in summary["rows"]}
+    assert {"deit_pil", "lvvit_pil_store", "device_path_cpu", "labels_files", "token_targets"} <= names
+    assert summary["images"] == 14 and (tmp_path / "data_path.md").is_file() and (tmp_path / "data_path.png").is_file()
+    assert all(row["median_ms"] > 0 for row in summary["rows"])

@@ -11,13 +11,14 @@ _OFFSETS = [(5, -3), (-5, -3), (0, 6), (0, -11), (5, 5), (-5, 5), (5, -11), (-5,
 
 
 def _label_points(ax, xs, ys, labels) -> None:
-    """Annotate each (x, y) with its label at the first offset where the text overlaps no earlier label and no
-    marker; a label that fits nowhere is drawn small at the last offset tried."""
+    """Annotate each (x, y) with its label at the first offset where the text overlaps no earlier label, no marker
+    and not the legend; a label that fits nowhere is drawn small beside its point."""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     markers = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]  # display coordinates
-    placed = []
+    legend = ax.get_legend()
+    placed = [legend.get_window_extent(renderer)] if legend is not None else []
     for x, y, text in sorted(zip(xs, ys, labels), key=lambda p: (-p[1], p[0])):  # top first
         for dx, dy in _OFFSETS:
             ha = "left" if dx > 0 else "right" if dx < 0 else "center"
@@ -60,7 +61,7 @@ def _panel(ax, points, cost, xlabel, chosen=None, budget=None, cascade=None, fit
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3)
     ax.margins(x=0.12, y=0.12)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     _label_points(ax, xs, ys, [f"{p['img_size']}:{p['keep_ratio']:g}" for p in points])
 
 

@@ -214,3 +214,44 @@ def test_cascade_cli_on_an_image_folder(tmp_path, capsys):
     assert code == 0 and "calibration half 6 / test half 6 images" in out
     code = deploy_main(["cascade", "--checkpoint", ckpt, "--data", str(tmp_path / "missing")])
     assert code == 2 and "missing" in capsys.readouterr().err
+
+
+def test_cascade_cli_on_a_digits_folder_uses_the_recorded_preprocessing(tmp_path, capsys):
+    """A one-channel demo-style checkpoint and a folder of digit PNGs: greyscale, the recorded size and statistics."""
+    from PIL import Image
+
+    from deploy_helpers import TINY, write_tiny_checkpoint
+    from supervit.deploy import images
+    from supervit.models import SuperDeiT
+
+    torch.manual_seed(0)
+    model = SuperDeiT(**TINY).eval()
+    path = tmp_path / "digits.pth"
+    write_tiny_checkpoint(path, model=model)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["supervit"]["data_config"] = {"input_size": [1, 16, 16], "mean": [0.1307], "std": [0.3081],
+                                       "interpolation": "bilinear", "crop_pct": 1.0}
+    torch.save(ckpt, path)
+    for cls in ("3", "7"):
+        (tmp_path / "digits" / cls).mkdir(parents=True)
+        for i in range(6):
+            pixels = (torch.rand(16, 16, 3) * 255).to(torch.uint8).numpy()  # RGB files: read as greyscale
+            Image.fromarray(pixels).save(tmp_path / "digits" / cls / f"{i}.png")
+    x, labels = images.load_image_folder(str(tmp_path / "digits"), model, 100, ckpt)
+    assert tuple(x.shape) == (12, 1, 16, 16) and labels.tolist() == [0] * 6 + [1] * 6
+    grey = Image.open(tmp_path / "digits" / "3" / "0.png").convert("L")
+    expected = (torch.tensor(list(grey.getdata()), dtype=torch.float32).reshape(16, 16) / 255 - 0.1307) / 0.3081
+    assert torch.allclose(x[0, 0], expected, atol=1e-5)
+    code = deploy_main(["cascade", "--checkpoint", str(path), "--data", str(tmp_path / "digits"), "--budget-ratio",
+                        "1", "--no-progress"])
+    assert code == 0 and "calibration half 6 / test half 6 images" in capsys.readouterr().out
+
+
+def test_cascade_cli_names_a_channel_mismatch_in_the_users_terms(tmp_path, capsys, tiny_checkpoint):
+    data = tmp_path / "rgb.pt"
+    torch.save({"images": torch.randn(8, 3, 16, 16), "labels": torch.arange(4).repeat(2)}, data)
+    code = deploy_main(["cascade", "--checkpoint", tiny_checkpoint, "--tensors", str(data)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the images have 3 channel(s), but the model takes one-channel (greyscale) images" in err
+    assert "x must be" not in err

@@ -105,3 +105,19 @@ def test_cli_exports_a_checkpoint_with_a_fixed_batch_and_verifies_it(tiny_checkp
     program = torch.export.load(str(out))
     image = [n for n in program.graph.nodes if n.op == "placeholder"][-1]
     assert tuple(image.meta["val"].shape) == (3, 1, 16, 16)  # fixed batch; the checkpoint's largest size
+
+
+def test_aoti_with_a_fixed_batch_refuses_another_batch_in_our_runner(tiny_checkpoint, tmp_path, capsys):
+    """PyTorch's AOTInductor loader returns the rows of the compiled batch whatever it is given; ours refuses."""
+    from supervit.deploy import runners
+
+    out = tmp_path / "tiny_b2.pt2"
+    code = deploy_main(["export", "--checkpoint", tiny_checkpoint, "--img-size", "12", "--keep-ratio", "0.5",
+                        "--format", "aoti", "--out", str(out), "--batch", "2", "--no-progress"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "batch 2" in printed.out and "export:" not in printed.err  # verified, and no progress bar
+    run = runners.load_runner(str(out), "aoti")
+    assert tuple(run(torch.randn(2, 1, 16, 16))[0].shape) == (2, 4)
+    with pytest.raises(ValueError, match=r"takes input \[2, 1, 16, 16\] \(a fixed batch of 2"):
+        run(torch.randn(3, 1, 16, 16))

@@ -10,7 +10,6 @@ the reference backend. The choice is remembered per (SUPERVIT_BACKEND, op, case)
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import os
 
@@ -18,6 +17,7 @@ import torch
 
 from . import reference
 from .contract import OPS, Backend, Case
+from .fast_path import environ_lookup
 
 BACKEND_NAMES = ("triton", "ext", "reference")
 _MODULES = {"triton": "supervit.kernels.triton_backend", "ext": "supervit.kernels.ext_backend"}
@@ -52,14 +52,9 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [n for n in BACKEND_NAMES if backend_status(n, device)[0]]
 
 
-# SUPERVIT_BACKEND is read on every call (tests and users change it at run time). ``os.environ.get`` of an unset
-# variable raises and catches a KeyError inside ``os.environ``, several microseconds per call at batch 1, so the
-# key of a call's choice is read from CPython's backing dict of ``os.environ`` (kept in step by every assignment to
-# ``os.environ``) when there is one: ``_forced_raw()`` is then one C-level dict lookup, the raw value or None.
-if hasattr(os.environ, "_data") and hasattr(os.environ, "encodekey"):
-    _forced_raw = functools.partial(os.environ._data.get, os.environ.encodekey("SUPERVIT_BACKEND"))
-else:
-    _forced_raw = functools.partial(os.environ.get, "SUPERVIT_BACKEND")
+# SUPERVIT_BACKEND is read on every call (tests and users change it at run time); the key of a call's choice is
+# its raw value, read by the fast path's environment lookup (one dict lookup where the platform allows).
+_forced_raw = environ_lookup("SUPERVIT_BACKEND")
 
 
 def _forced() -> str:

@@ -7,7 +7,8 @@ implementation asks ``dispatch.backend_for`` which backend runs the call and pas
 
 An eager call with nothing to record (no autograd graph to build, plain tensors, no compiler, tracer, dispatch
 or function mode, or functorch transform active) skips the custom-op layer and runs that same implementation
-directly: at batch 1 the layer's ~15 us per call is a visible share of a sub-network's latency.
+directly: at batch 1 the layer's ~15 us per call is a visible share of a sub-network's latency (``fast_path``;
+``SUPERVIT_FAST_PATH=0`` turns it off).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import Tensor
 from . import validation as check
 from .contract import OPS, OpSpec, accumulation_dtype, keep_count
 from .dispatch import backend_for
+from .fast_path import nothing_to_record as _nothing_to_record
 
 
 def _register(backend_fn: str):
@@ -40,18 +42,6 @@ _keep_topk, _run_keep_topk = _register("keep_topk")
 _gather_tokens, _run_gather_tokens = _register("gather_tokens")
 _gather_tokens_backward, _ = _register("gather_tokens_backward")
 _prune_tokens, _run_prune_tokens = _register("prune_tokens_forward")
-
-
-def _nothing_to_record(*tensors: Tensor) -> bool:
-    """Whether an eager call on ``tensors`` may skip the custom-op layer (see the module docstring)."""
-    if torch.compiler.is_compiling():
-        return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:  # a loop, not any()/all(): no generator objects on the per-call path
-        if type(t) is not Tensor or (grad and t.requires_grad):
-            return False
-    return not (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
-                or torch._C._get_tracing_state() is not None or torch._C._are_functorch_transforms_active())
 
 
 # ----------------------------------------------------------------------------------------------------------------

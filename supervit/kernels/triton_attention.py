@@ -31,7 +31,7 @@ _INTERPRET_TILE = 128  # one or two big tiles per head under the interpreter (ea
 # interpreter.
 # ----------------------------------------------------------------------------------------------------------------
 # (block, block, warps, stages) per (kind, head dim): (BLOCK_M, BLOCK_N) forward, (BLOCK_SMALL, BLOCK_BIG)
-# backward. Chosen from the ahead-of-time sm_90 compile (python -m supervit.kernels.triton_aot) so that no config
+# backward. Chosen from the ahead-of-time sm_90 compile (python tools/triton_aot.py) so that no config
 # spills registers; which one is fastest is left to the autotuner. "ieee" = fp32 inputs with exact fp32 products,
 # whose FMA-based dots need small tiles. A head dim uses the row of the smallest listed dim >= it.
 _FWD_TABLE = {

@@ -5,7 +5,7 @@ tensors, so the compiled signature is exactly what a GPU run would launch; an au
 that the length filter keeps. Each compile reports the registers, local memory (register spills) and shared memory per block that
 ``ptxas`` assigned, read from the cubin with ``cuobjdump --dump-resource-usage``.
 
-    python -m supervit.kernels.triton_aot             # every kernel and config for sm_90, a table on stdout
+    python tools/triton_aot.py             # every kernel and config for sm_90, a table on stdout
 
 Needs triton with its NVIDIA backend (bundled ptxas / cuobjdump); must not run under TRITON_INTERPRET=1.
 """
@@ -26,7 +26,7 @@ from triton.compiler import ASTSource
 from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction
 
-from . import triton_attention, triton_prune
+from supervit.kernels import triton_attention, triton_prune
 
 _POINTER_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64",
                   torch.int32: "i32"}

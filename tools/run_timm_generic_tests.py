@@ -6,7 +6,7 @@ transformer models (``NON_STD_FILTERS``, which routes every timm ViT to the toke
 and ``FEAT_INTER_FILTERS``, the modules with ``forward_intermediates``), and a conftest imports supervit and keeps
 only the tests parametrized with our models. Results go to ``--out`` (JSON, one outcome per test) and the console.
 
-    python tests/models/run_timm_generic_tests.py PATH/TO/timm/tests/test_models.py --out runs/timm_tests.json
+    python tools/run_timm_generic_tests.py PATH/TO/timm/tests/test_models.py --out runs/timm_tests.json
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     if not os.path.isfile(args.timm_tests):
         print(f"error: timm_tests: no file {args.timm_tests!r}", file=sys.stderr)
         return 2
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     folder = tempfile.mkdtemp(prefix="timm_generic_")
     try:
         test_file = prepare(args.timm_tests, folder)
@@ -96,11 +96,10 @@ def main(argv=None) -> int:
     if saved is None:
         print("error: pytest wrote no results", file=sys.stderr)
         return 1
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
+    from supervit.files import atomic_write
+
+    with atomic_write(args.out, make_folder=True) as tmp, open(tmp, "w") as f:
         json.dump({k.split("::", 1)[-1]: v for k, v in saved.items()}, f, indent=1, sort_keys=True)
-    os.replace(tmp, args.out)
     for name, entry in sorted(saved.items()):
         print(f"{entry['outcome']:8s} {name.split('::', 1)[-1]}  {entry.get('reason', '')[:120]}")
     return 0

@@ -5,7 +5,7 @@ of the trainer's shape (sub-networks (224, 1), (224, 0.5), (160, 1), (160, 0.7);
 each, gradients summed). Reported: the growth of the peak resident set size during the step. Runs alternate between the two
 settings round by round; the machine load is recorded with each run.
 
-    python tests/models/measure_grad_checkpointing_memory.py --model super_deit_s --batch 16 --out runs/ckpt.json
+    python tools/measure_grad_checkpointing_memory.py --model super_deit_s --batch 16 --out runs/ckpt.json
 """
 from __future__ import annotations
 
@@ -79,10 +79,10 @@ def main(argv=None) -> int:
                                           "spread_mib": max(growth) - min(growth),
                                           "median_step_seconds": statistics.median(secs)}
     report = {"model": args.model, "batch": args.batch, "subnets": STEP, "summary": summary, "runs": runs}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
+    from supervit.files import atomic_write
+
+    with atomic_write(args.out, make_folder=True) as tmp, open(tmp, "w") as f:
         json.dump(report, f, indent=1)
-    os.replace(args.out + ".tmp", args.out)
     print(json.dumps(summary, indent=1))
     return 0
 

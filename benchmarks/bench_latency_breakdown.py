@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import timm
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-import supervit  # noqa: E402,F401
-from supervit.models import flops  # noqa: E402
+import harness
+import supervit  # noqa: F401
+from supervit.models import flops
 
 CATEGORIES = {  # profiler op name -> category (self time; ops not listed count as "other ops")
     "aten::addmm": "matmul", "aten::mm": "matmul", "aten::bmm": "matmul", "aten::matmul": "matmul",
@@ -93,10 +91,7 @@ def main(argv=None):
     cols += [f"{c}_{k}" for c in CATEGORY_NAMES for k in ("ms", "speedup")]
     cols += ["between_ops_ms", "rel_spread", "noisy", "load_before", "load_after", "threads", "device", "torch",
              "command"]
-    print("wrote", *harness.write_rows(rows, out, f"latency_breakdown_b{args.batch}", cols))
-    note = harness.noisy_note(rows)
-    if note:
-        print(note, flush=True)
+    harness.report_rows(rows, out, f"latency_breakdown_b{args.batch}", cols)
     return out
 
 

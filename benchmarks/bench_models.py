@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 
 import timm
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-import supervit  # noqa: E402,F401
-from supervit.models import flops  # noqa: E402
+import harness
+import supervit  # noqa: F401
+from supervit.models import flops
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TIMM_BASELINE = "deit_small_patch16_224"
@@ -198,9 +196,7 @@ def plot(rows, path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"SuperViT sub-networks: throughput vs cost ({rows[0]['device']}, {rows[0]['threads']} threads)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_png(fig, path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -237,17 +233,13 @@ def main(argv=None):
     rows = eval_rows(args, device)
     eval_cols = ["model", "backend", "mode", "dtype", "batch", "img_size", "keep_ratio", "gmacs", *TIMING_COLS,
                  "img_per_s", "speedup_vs_full", "flop_ratio", "efficiency", *CONDITION_COLS]
-    print("wrote", *harness.write_rows(rows, out, "models_eval", eval_cols))
+    harness.report_rows(rows, out, "models_eval", eval_cols)
     plot(rows, os.path.join(out, "models_eval.png"))
     if not args.no_train:
         train = train_rows(args, device)
         train_cols = ["model", "dtype", "batch", "subnets", *TIMING_COLS, "img_per_s", "peak_mem_mib",
                       "flop_weighted_ratio", *CONDITION_COLS]
-        print("wrote", *harness.write_rows(train, out, "models_train", train_cols))
-        rows = rows + train
-    note = harness.noisy_note(rows)
-    if note:
-        print(note, flush=True)
+        harness.report_rows(train, out, "models_train", train_cols)
     return out
 
 

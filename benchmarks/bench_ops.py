@@ -9,15 +9,13 @@ step (score -> top-k -> gather) at C=384. BENCH_DEVICE=cuda selects the GPU; BEN
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import torch
 
 from supervit import kernels
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
+import harness
 
 DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
 BATCH = int(os.environ.get("BENCH_BATCH", "64" if DEVICE.type == "cpu" else "256"))

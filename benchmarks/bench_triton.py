@@ -25,8 +25,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
+import harness
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUANTILES = [0.5, 0.2, 0.8]
@@ -166,9 +165,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_ylabel("time / baseline time (lower is faster)")
     ax.set_title(f"Triton kernels vs SDPA (attention, blue) and the reference ops (pruning, orange), "
                  f"{rows[0]['dtype']} batch {rows[0]['batch']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_png(fig, path)
 
 
 def main(argv=None) -> int:

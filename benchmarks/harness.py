@@ -1,4 +1,4 @@
-"""Result-writing and set-up helpers shared by the benchmarks; timing is ``supervit.deploy.timing``'s.
+"""Result-writing and set-up helpers shared by the benchmarks; timing is ``supervit.timing``'s.
 
 Methodology: warm-up calls, interleaved rounds, synchronize before reading the clock, median and spread
 (min..max, IQR, a ``noisy`` flag) reported; every row carries the conditions it was measured under.
@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
-from supervit.kernels.dispatch import forced_backend  # noqa: E402,F401
-from supervit.timing import (NOISY_SPREAD, conditions, device_name, load_average, measure,  # noqa: E402,F401
-                                    paired_ratio, summarize, sync, time_interleaved)
+from supervit.files import atomic_write
+from supervit.kernels.dispatch import forced_backend  # noqa: F401
+from supervit.timing import (NOISY_SPREAD, conditions, device_name, load_average, measure,  # noqa: F401
+                             paired_ratio, summarize, sync, time_interleaved)
 
 
 def cls_row_score(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -37,9 +36,13 @@ def run_folder(device, out: str | None = None) -> str:
 
 
 def save_png(fig, path: str) -> None:
-    """Write matplotlib figure ``fig`` to ``path`` (a temp file renamed into place)."""
-    fig.savefig(path + ".tmp.png", dpi=120)
-    os.replace(path + ".tmp.png", path)
+    """Lay out matplotlib figure ``fig``, write it to ``path`` (atomically) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
 
 
 def cpu_bench_parser(doc: str, rounds: int, rounds_help: str):
@@ -65,17 +68,28 @@ def noisy_note(rows: list[dict]) -> str:
 
 
 def write_rows(rows: list[dict], folder: str, stem: str, columns: list[str] | None = None) -> tuple[str, str]:
-    """Write ``rows`` as ``folder/stem.csv`` and a markdown table ``folder/stem.md``; returns both paths."""
+    """Write ``rows`` as ``folder/stem.csv`` and a markdown table ``folder/stem.md`` (atomically); returns both
+    paths."""
     os.makedirs(folder, exist_ok=True)
     columns = columns or list(dict.fromkeys(k for row in rows for k in row))
     csv_path, md_path = os.path.join(folder, stem + ".csv"), os.path.join(folder, stem + ".md")
-    with open(csv_path, "w", newline="") as f:
+    with atomic_write(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    with open(md_path, "w") as f:
+    with atomic_write(md_path) as tmp, open(tmp, "w") as f:
         f.write(markdown_table(rows, columns))
     return csv_path, md_path
+
+
+def report_rows(rows: list[dict], folder: str, stem: str, columns: list[str] | None = None) -> tuple[str, str]:
+    """``write_rows``, then print the paths and, when some rows are noisy, the warning of ``noisy_note``."""
+    paths = write_rows(rows, folder, stem, columns)
+    print("wrote", *paths, flush=True)
+    note = noisy_note(rows)
+    if note:
+        print(note, flush=True)
+    return paths
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -49,7 +49,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
     args = parse_args(argv)  # --help answers here, before torch is imported or anything runs
-    sys.path.insert(0, HERE)
     import torch
     import harness
 
@@ -72,10 +71,7 @@ def main(argv=None):
         cols = ["op", "backend", "pass_", "batch", "tokens", "median_ms", "min_ms", "max_ms", "rel_spread", "noisy",
                 "rounds", "speedup_vs_reference", "load_before", "load_after", "device", "torch", "threads",
                 "machine", "command"]
-        print("wrote", *harness.write_rows(rows, out, "ops", cols))
-        note = harness.noisy_note(rows)
-        if note:
-            print(note, flush=True)
+        harness.report_rows(rows, out, "ops", cols)
     if "models" not in args.skip:
         subprocess.run([sys.executable, os.path.join(HERE, "bench_models.py"), "--device", "cpu", "--out", out],
                        check=True)

@@ -79,9 +79,7 @@ def plot(rows, path):
         ax.set_ylabel("batch-1 latency (ms)")
         ax.set_title(model)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_png(fig, path)
 
 
 def main(argv=None) -> int:

@@ -15,8 +15,8 @@ processes hits all of them alike; median and min..max over the rounds):
   deit_small_patch16_224. Targets: (224, 0.5) >= 1.8x and (128, 0.5) >= 5x the throughput of (224, 1);
   (224, 1) within 5% of timm.
 
-    python benchmarks/bench_ext_cpu.py                                  # prune + attention, 2 and 1 threads
-    python benchmarks/bench_ext_cpu.py --sections models --threads 2    # the model rows (slow: minutes)
+    python benchmarks/studies/bench_ext_cpu.py                                  # prune + attention, 2 and 1 threads
+    python benchmarks/studies/bench_ext_cpu.py --sections models --threads 2    # the model rows (slow: minutes)
 
 Results: ext_cpu.{csv,md} and ext_models.{csv,md} in a new runs/bench/<cpu>-<time>/ folder, or in --out
 (--out benchmarks/results/<cpu> updates the committed results). Each row records the load average, the spread
@@ -31,7 +31,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: harness
 import harness  # noqa: E402
 from supervit import kernels  # noqa: E402
 from supervit.kernels import dispatch, reference  # noqa: E402

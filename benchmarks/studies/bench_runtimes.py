@@ -1,8 +1,8 @@
 """Latency of every sub-network of super_deit_s in PyTorch eager, the .pt2 program, its AOTInductor package and
 ONNX Runtime, all interleaved in one run; export time of each format.
 
-    python benchmarks/bench_runtimes.py                        # CPU, batch 1 and 32, 5 rounds
-    python benchmarks/bench_runtimes.py --batches 1 --rounds 9    # again: reuses runs/bench_runtimes_exports
+    python benchmarks/studies/bench_runtimes.py                        # CPU, batch 1 and 32, 5 rounds
+    python benchmarks/studies/bench_runtimes.py --batches 1 --rounds 9    # again: reuses runs/bench_runtimes_exports
 
 One dynamic-batch export per sub-network and format serves both batch sizes. For each batch size, every
 (sub-network, runtime) pair is a candidate of one ``time_interleaved`` call: each round runs all of them, the order
@@ -21,7 +21,7 @@ import time
 import timm
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: harness
 import harness  # noqa: E402
 import supervit  # noqa: E402,F401
 from supervit.deploy import export, runners  # noqa: E402
@@ -145,9 +145,7 @@ def plot(rows: list, path: str) -> None:
         ax.set_title(f"super_deit_s, 12 sub-networks, batch {batch}")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    harness.save_png(fig, path)
 
 
 def main(argv=None) -> int:

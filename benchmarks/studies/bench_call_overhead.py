@@ -14,7 +14,7 @@ Sections (candidates interleaved round by round in one run; median and spread; t
   --threads 1 the clock is the calling thread's CPU time (the whole forward runs on it), so time the process spends
   descheduled is left out.
 
-    python benchmarks/bench_call_overhead.py [--threads 2] [--rounds 40] [--out DIR]
+    python benchmarks/studies/bench_call_overhead.py [--threads 2] [--rounds 40] [--out DIR]
 
 Results: <out>/call_overhead_t<threads>.{csv,md} and .png (default out: a new folder under runs/bench/).
 """
@@ -26,9 +26,8 @@ import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "models"))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path[:0] = [os.path.join(ROOT, "benchmarks"), os.path.join(ROOT, "tests", "models")]  # harness, naive_forward
 import harness  # noqa: E402
 from naive_forward import naive_forward  # noqa: E402
 
@@ -134,9 +133,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_ylabel("latency ours / plain")
     ax.set_title("super_deit_s, batch 1, CPU eager: ours vs plain PyTorch")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     harness.save_png(fig, path)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:

@@ -1,10 +1,11 @@
 """Wall time of the demo's fitted confidence cascade vs static sub-networks on one test-half batch (CPU or GPU).
 
-Reads the cascade a demo run fitted (``cascade.json`` beside its checkpoint, written by ``make demo``) or fits one
-(``--fit``), then times the cascade, its reference sub-network and the test half's best static sub-network on the
-same batch of held-out digits, in interleaved rounds. Writes cascade_wall.{csv,md} under --out.
+Reads the cascade that ``make demo`` fitted (``cascade.json`` beside the checkpoint, written by the deploy cascade
+command) or fits one (``--fit``), then times the cascade, its reference sub-network and the test half's best static
+sub-network on the same batch of held-out digits (``held_out.pt`` beside the checkpoint), in interleaved rounds.
+Writes cascade_wall.{csv,md} under --out.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_cascade.py --checkpoint runs/demo/last.pth.tar
+    python benchmarks/studies/bench_cascade.py --checkpoint runs/demo/last.pth.tar
 """
 from __future__ import annotations
 
@@ -15,19 +16,17 @@ import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: harness
 import harness  # noqa: E402
+from supervit.deploy import images as image_sets  # noqa: E402
 from supervit.deploy.cascade_study import fitted_cascade, study, test_batch  # noqa: E402
-from supervit.deploy.cli_common import model_gmacs  # noqa: E402
-from supervit.deploy.model_source import load_source  # noqa: E402
-from train import digits  # noqa: E402
+from supervit.deploy.source import load_source, model_gmacs  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="runs/demo/last.pth.tar")
+    p.add_argument("--tensors", default=None, help="held-out images (default: held_out.pt beside the checkpoint)")
     p.add_argument("--study", default=None, help="cascade.json of the demo run (default: beside the checkpoint)")
     p.add_argument("--fit", action="store_true", help="fit the cascade here instead of reading cascade.json")
     p.add_argument("--batch", type=int, default=256)
@@ -37,12 +36,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     model = load_source(args.checkpoint).model.to(device)
-    held_out = digits.digits_datasets()[1]
-    images, labels = held_out.images, held_out.targets
+    folder = os.path.dirname(os.path.abspath(args.checkpoint))
+    images, labels = image_sets.load_tensors(args.tensors or os.path.join(folder, "held_out.pt"), model)
     if args.fit:
         res = study(model, images, labels, model_gmacs(model))
     else:
-        path = args.study or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "cascade.json")
+        path = args.study or os.path.join(folder, "cascade.json")
         with open(path) as handle:
             res = json.load(handle)
     fitted = fitted_cascade(res)

@@ -9,7 +9,7 @@ whatever happens. Candidates at B=64, N=197, C=384, keep 0.7, fp32, 2 intra-op t
 
 Targets: every ext candidate busy/idle <= 2, and ext faster than the reference under the same load.
 
-    python benchmarks/bench_busy_cpu.py [--threads 2] [--rounds 15] [--out DIR]
+    python benchmarks/studies/bench_busy_cpu.py [--threads 2] [--rounds 15] [--out DIR]
 
 Results: <out>/busy_cpu.{csv,md} and busy_cpu.png (default out: a new folder under runs/bench/).
 """
@@ -23,7 +23,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: harness
 import harness  # noqa: E402
 from supervit import kernels  # noqa: E402
 
@@ -113,9 +113,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_ylabel("ms per call (median)")
     ax.set_title("prune step B=64 N=197 C=384 keep 0.7, CPU")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     harness.save_png(fig, path)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:

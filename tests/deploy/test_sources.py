@@ -161,3 +161,19 @@ def test_profile_file_written_by_an_older_version_is_measured_again(tmp_path, ti
                         "--rounds", "1", "--warmup", "0", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 0 and "measured now" in captured.out and "wait policy" in captured.err
+
+
+def test_the_python_example_of_docs_deploy_runs(tmp_path, tiny_checkpoint, monkeypatch):
+    """The "From Python" block of docs/deploy.md, on a tiny checkpoint, with a budget every sub-network meets."""
+    with open(os.path.join(ROOT, "docs", "deploy.md")) as handle:
+        text = handle.read()
+    code = text.split("## From Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    code = code.replace("runs/demo/last.pth.tar", tiny_checkpoint).replace("latency_ms=20", "latency_ms=1e4")
+    code = code.replace("batch=1)", "batch=1, rounds=1, warmup=0, progress=False)")
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "docs/deploy.md", "exec"), scope)
+    images = torch.randn(3, 1, 16, 16)
+    (logits,) = scope["run"](images)
+    assert logits.shape == (3, 4) and (tmp_path / "net.onnx").stat().st_size > 0
+    assert scope["best"]["acc1"] == max(p["acc1"] for p in scope["points"])

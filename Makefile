@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.supervit-installed
 
-.PHONY: install test test-fast demo bench clean gpu-check
+.PHONY: install test demo bench clean gpu-check
 
 $(STAMP): setup.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests --ignore=tests/kernels/triton
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/kernels/triton
 
+# Trains the digits demo (writes runs/demo: checkpoint, table, plot, the held-out digits), then fits and reports a
+# confidence cascade of its sub-networks on those digits with the deploy command line.
 demo: $(STAMP)
 	$(PY) train/main_lvvit.py --demo --output runs/demo
+	$(PY) -m supervit.deploy cascade --checkpoint runs/demo/last.pth.tar --tensors runs/demo/held_out.pt \
+		--save runs/demo/cascade.json --plot runs/demo/cascade.png
 
 # Results go to a new runs/bench/<device>-<time>/ folder; BENCH_ARGS="--out benchmarks/results/<device>" updates the
 # committed results on purpose.

@@ -40,3 +40,24 @@ def test_demo_cascade_command_prints_the_study_and_writes_its_files(tmp_path, ca
     assert res["timing"]["conditions"]["batch"] == 32 and res["curve"]
     assert res["cascade"]["stages"] and all(len(s) == 2 for s in res["cascade"]["stages"])
     assert png.stat().st_size > 10_000
+
+
+def test_make_demo_runs_a_valid_cascade_command_on_the_files_the_demo_writes():
+    """The deploy command in the Makefile's demo recipe parses and passes the argument checks, on the checkpoint and
+    held-out digits the trainer writes into the same folder."""
+    import os
+    import shlex
+
+    from supervit.deploy.cli import build_parser, check_arguments
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "Makefile")) as handle:
+        recipe = handle.read().split("\ndemo:", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    (line,) = [x for x in recipe.splitlines() if "-m supervit.deploy" in x]
+    argv = shlex.split(line.split("-m supervit.deploy", 1)[1])
+    train = [x for x in recipe.splitlines() if "train/main_lvvit.py" in x][0]
+    output = shlex.split(train)[shlex.split(train).index("--output") + 1]
+    args = build_parser().parse_args(argv)
+    check_arguments(args)
+    assert args.command == "cascade" and args.checkpoint == f"{output}/last.pth.tar"
+    assert args.tensors == f"{output}/held_out.pt"

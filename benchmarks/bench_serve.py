@@ -42,7 +42,7 @@ import serve_load  # noqa: E402
 SUMMARY_COLUMNS = ["model", "mode", "subnet", "repeat", "requests", "slo_ms", "slo_attainment_pct", "answered_pct",
                    "rejected_pct", "p50_ms", "p99_ms", "p99_all_ms", "goodput_rps", "mean_expected_top1",
                    "delivered_top1", "mean_batch", "batches", "switches", "rss_mb", "peak_rss_mb",
-                   "switch_compute_ratio", "transit_p50_ms", "transit_p99_ms", "client_lag_p99_ms", "load_before", "load_after"]
+                   "switch_compute_ratio", "slowdown_p50", "slowdown_p90_over_p50", "transit_p50_ms", "transit_p99_ms", "client_lag_p99_ms", "load_before", "load_after"]
 
 
 def parse_args(argv=None):
@@ -69,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="runs of every mode; the order rotates between repeats")
     p.add_argument("--modes", default="all", help="'all' (adaptive and every static point) or a comma list of "
                    "'adaptive' and SIZE:KEEP")
+    p.add_argument("--switch-rounds", type=int, default=15, help="interleaved rounds of the switching-cost "
+                   "measurement (0: skip it)")
     p.add_argument("--profile", default=None, help="profile file (default: <out>/serve_profiles.json)")
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one for each run)")
     p.add_argument("--out", default=None, help="result folder (default: a new runs/bench/<device>-<time>)")
@@ -192,6 +194,43 @@ def run_once(args, mode: str, profile: str, trace_path: str, bodies_path: str, b
     return records, info, {"load_before": load_before, "load_after": load_after}
 
 
+# --- switching cost ------------------------------------------------------------------------------------------
+
+def switch_cost(model, fast, best, batches: list[int], rounds: int, threads: int) -> list[dict]:
+    """Forward time of 8 calls alternating two points (7 switches) against 8 calls on one point, per batch size.
+
+    Candidates, timed in interleaved rounds: [best] * 8, [fast] * 8, [best, fast] * 4. Without a cost of switching,
+    the alternating run takes the mean of the other two; the ratio is taken round by round (``paired_ratio``).
+    """
+    import torch
+
+    from supervit import timing
+
+    torch.set_num_threads(threads)
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, model.in_chans, model.img_sizes[-1], model.img_sizes[-1])
+
+        def calls(points):
+            def run():
+                for size, keep in points:
+                    model(x, img_size=size, keep_ratio=keep)
+            return run
+
+        with torch.inference_mode():
+            stats = timing.time_interleaved({"best": calls([best] * 8), "fast": calls([fast] * 8),
+                                             "alternate": calls([best, fast] * 4)}, "cpu", rounds=rounds, warmup=2,
+                                            keep_times=True)
+        same = [(a + b) / 2 for a, b in zip(stats["best"]["times_ms"], stats["fast"]["times_ms"])]
+        ratio = timing.paired_ratio(stats["alternate"]["times_ms"], same)
+        rows.append({"batch": batch, "best": str(best), "fast": str(fast),
+                     "best_x8_ms": stats["best"]["median_ms"], "fast_x8_ms": stats["fast"]["median_ms"],
+                     "alternate_x8_ms": stats["alternate"]["median_ms"], "alternate_over_mean_same": ratio[
+                         "ratio_median"], "ci_low": ratio["ratio_ci_low"], "ci_high": ratio["ratio_ci_high"],
+                     "rel_spread_alternate": stats["alternate"]["rel_spread"], "load": timing.load_average()})
+    return rows
+
+
 # --- summaries ------------------------------------------------------------------------------------------------
 
 def summarize_run(records: list[dict], info: dict, slo_ms: float, duration_s: float) -> dict:
@@ -215,9 +254,25 @@ def summarize_run(records: list[dict], info: dict, slo_ms: float, duration_s: fl
         "batches": info["counters"]["batches"], "switches": info["counters"]["switches"],
         "rss_mb": info.get("rss_mb"), "peak_rss_mb": info.get("peak_rss_mb"),
         "switch_compute_ratio": switch_compute_ratio(batches),
+        **slowdown(batches, info),
         "transit_p50_ms": float(np.percentile(transit, 50)), "transit_p99_ms": float(np.percentile(transit, 99)),
         "client_lag_p99_ms": float(np.percentile([1e3 * (r["sent_s"] - r["scheduled_s"]) for r in records], 99)),
     }
+
+
+def slowdown(batches: dict, info: dict) -> dict:
+    """Observed / profiled time of the batches (the policy's calibration input): median, and 90th percentile over
+    the median (the jitter the margin has to cover)."""
+    from supervit.models import Subnet
+    from supervit.serve.policy import LatencyTable
+
+    table = LatencyTable({Subnet.parse(p["subnet"]): {int(b): ms for b, ms in p["latency_ms"].items()}
+                          for p in info["points"]})
+    ratios = [b["service_ms"] / table.ms(Subnet.parse(b["subnet"]), b["batch_size"]) for b in batches.values()]
+    if not ratios:
+        return {"slowdown_p50": None, "slowdown_p90_over_p50": None}
+    p50, p90 = np.percentile(ratios, [50, 90])
+    return {"slowdown_p50": float(p50), "slowdown_p90_over_p50": float(p90 / p50)}
 
 
 def switch_compute_ratio(batches: dict) -> float | None:
@@ -297,12 +352,22 @@ def main(argv=None) -> int:
     accuracy = {str(models.Subnet(r["img_size"], r["keep_ratio"])): r["acc1"] for r in table["rows"]}
     points = [str(s) for s in models.model_subnets(source.model)]
     channels, side = int(source.model.in_chans), int(source.model.img_sizes[-1])
+    out = harness.run_folder("cpu", args.out)
+    tag = args.tag or (args.model or os.path.splitext(os.path.basename(args.checkpoint))[0]).replace(".", "_")
+    if args.switch_rounds > 0:
+        subnets = models.model_subnets(source.model)
+        best = max(subnets, key=lambda s: accuracy[str(s)])
+        fast = min(subnets, key=lambda s: models.flops(source.model, *s))
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        rows = switch_cost(source.model, fast, best, [sizes[0], sizes[-1]], args.switch_rounds, args.threads)
+        harness.write_rows(rows, out, f"serve_{tag}_switch_cost")
+        print("switching cost: " + "; ".join(f"batch {r['batch']}: alternating / same = "
+                                             f"{r['alternate_over_mean_same']:.3f} [{r['ci_low']:.3f}, "
+                                             f"{r['ci_high']:.3f}]" for r in rows), flush=True)
     del source
     modes = ["adaptive", *points] if args.modes == "all" else [m.strip() for m in args.modes.split(",")]
-    out = harness.run_folder("cpu", args.out)
     os.makedirs(out, exist_ok=True)
     profile = args.profile or os.path.join(out, "serve_profiles.json")
-    tag = args.tag or (args.model or os.path.splitext(os.path.basename(args.checkpoint))[0]).replace(".", "_")
     work = tempfile.mkdtemp(prefix=f"bench_serve_{tag}_")
     arrivals = serve_load.make_trace(args.seed, args.duration_s, args.base_rate, args.burst_factor,
                                      args.burst_every_s, args.burst_s, args.max_requests)

@@ -15,8 +15,8 @@ The rule, applied each time the model is free and requests are queued (oldest fi
    deadline.
 
 Predicted latency = profiled latency at that batch size (linear between profiled sizes) x the slowdown the server
-observes (``Calibration``: a high quantile of observed / profiled over recent batches, 1 before any batch) x
-(1 + ``margin``).
+observes (``Calibration``: a high quantile of observed / profiled over recent batches, the profile itself until
+enough batches ran) x (1 + ``margin``).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from supervit.models import Subnet
 DEFAULT_MARGIN = 0.1          # headroom on top of the calibrated prediction (jitter between batches)
 DEFAULT_QUANTILE = 0.9        # which quantile of recent observed / profiled ratios the predictions scale by
 DEFAULT_WINDOW = 32           # how many recent batches the calibration remembers
+DEFAULT_MAX_AGE_MS = 30_000   # and for how long
 SCALE_LIMITS = (0.5, 20.0)    # a calibrated scale outside these is clipped (a stray measurement cannot run away)
 
 
@@ -103,25 +104,40 @@ def latency_from_profiles(profiles, subnets=None) -> dict:
 class Calibration:
     """How much slower (or faster) than profiled the server's batches run: a quantile of recent ratios.
 
-    Each finished batch reports (observed ms, profiled ms); ``scale`` is the ``quantile`` of the last ``window``
-    ratios (1.0 before the first), clipped to ``SCALE_LIMITS``.
+    Each finished batch reports (observed ms, profiled ms). ``scale`` is the ``quantile`` of the last ``window``
+    ratios, the window topped up with the profile's own ratio 1.0 while it holds fewer (at start, and after
+    ratios older than ``max_age_ms`` are dropped), clipped to ``SCALE_LIMITS``. So a single slow batch moves
+    nothing (a 0.9 quantile needs a tenth of the window to be slow), and a scale raised by a busy spell returns to
+    the profile when no batch has confirmed it for ``max_age_ms``: a server that rejects everything (and so runs no
+    batch) cannot stay stuck.
     """
 
-    def __init__(self, quantile: float = DEFAULT_QUANTILE, window: int = DEFAULT_WINDOW):
+    def __init__(self, quantile: float = DEFAULT_QUANTILE, window: int = DEFAULT_WINDOW,
+                 max_age_ms: float = DEFAULT_MAX_AGE_MS):
         if not 0.0 < quantile <= 1.0:
             raise PolicyError(f"calibration quantile must be in (0, 1], got {quantile!r}")
         if window < 1:
             raise PolicyError(f"calibration window must be >= 1, got {window!r}")
+        if not max_age_ms > 0:
+            raise PolicyError(f"calibration max_age_ms must be > 0, got {max_age_ms!r}")
         self.quantile = quantile
-        self.ratios = collections.deque(maxlen=window)
+        self.window = window
+        self.max_age_ms = max_age_ms
+        self.ratios = collections.deque(maxlen=window)  # (time ms, observed / profiled)
         self.scale = 1.0
 
-    def observe(self, observed_ms: float, profiled_ms: float) -> None:
+    def observe(self, observed_ms: float, profiled_ms: float, now_ms: float) -> None:
         if profiled_ms > 0 and math.isfinite(observed_ms) and observed_ms >= 0:
-            self.ratios.append(observed_ms / profiled_ms)
-            ordered = sorted(self.ratios)
-            pick = ordered[min(len(ordered) - 1, math.ceil(self.quantile * len(ordered)) - 1)]
-            self.scale = min(max(pick, SCALE_LIMITS[0]), SCALE_LIMITS[1])
+            self.ratios.append((now_ms, observed_ms / profiled_ms))
+        self.expire(now_ms)
+
+    def expire(self, now_ms: float) -> None:
+        """Drop ratios older than ``max_age_ms`` and recompute ``scale``."""
+        while self.ratios and self.ratios[0][0] < now_ms - self.max_age_ms:
+            self.ratios.popleft()
+        values = sorted([r for _, r in self.ratios] + [1.0] * (self.window - len(self.ratios)))
+        pick = values[min(len(values) - 1, math.ceil(self.quantile * len(values)) - 1)]
+        self.scale = min(max(pick, SCALE_LIMITS[0]), SCALE_LIMITS[1])
 
 
 class Decision(NamedTuple):
@@ -172,13 +188,14 @@ class Policy:
     def fastest(self, batch: int) -> Subnet:
         return min(self.points, key=lambda s: self.table.ms(s, batch))
 
-    def observe(self, subnet, batch: int, observed_ms: float) -> None:
+    def observe(self, subnet, batch: int, observed_ms: float, now_ms: float) -> None:
         """Report how long a batch took (feeds the calibration)."""
-        self.calibration.observe(observed_ms, self.table.ms(subnet, batch))
+        self.calibration.observe(observed_ms, self.table.ms(subnet, batch), now_ms)
 
     def decide(self, now_ms: float, deadlines_ms) -> Decision:
         """The decision for a queue whose requests (oldest first) must be answered by ``deadlines_ms``."""
         deadlines = list(deadlines_ms)
+        self.calibration.expire(now_ms)
         alone = self.predict_ms(self.fastest(1), 1)
         reject = [i for i, d in enumerate(deadlines) if d - now_ms < alone]
         alive = [i for i, d in enumerate(deadlines) if d - now_ms >= alone]

@@ -67,4 +67,4 @@ def test_model_errors_name_the_argument(tmp_path):
     done = run_cli("--checkpoint", no_table)
     assert done.returncode == 2 and "needs accuracy numbers" in done.stderr, done.stderr
     done = run_cli("--checkpoint", no_table, "--mode", "static", "--subnet", "20:1")
-    assert done.returncode == 2 and "--subnet" in done.stderr and "96:1" in done.stderr, done.stderr
+    assert done.returncode == 2 and "--subnet" in done.stderr and "128:1" in done.stderr, done.stderr

@@ -110,25 +110,43 @@ def test_equal_accuracy_prefers_the_faster_point():
 def test_calibration_scales_predictions_by_the_observed_slowdown():
     policy = hand_policy(calibration=Calibration(quantile=0.5, window=4))
     assert policy.decide(0.0, [10.0]).subnet == A
-    for _ in range(4):
-        policy.observe(A, 1, 20.0)  # twice the profiled 10 ms
+    for t in range(4):
+        policy.observe(A, 1, 20.0, now_ms=t)  # twice the profiled 10 ms
     assert policy.calibration.scale == pytest.approx(2.0)
     assert policy.predict_ms(C, 4) == pytest.approx(10.0)
-    assert policy.decide(0.0, [10.0]).subnet == B  # A now predicted at 20 ms; B at 10 ms fits
-    for _ in range(4):
-        policy.observe(B, 2, 8.0)  # back to the profile: the window forgets the slow batches
+    assert policy.decide(5.0, [15.0]).subnet == B  # A now predicted at 20 ms; B at 10 ms fits
+    for t in range(4):
+        policy.observe(B, 2, 8.0, now_ms=10 + t)  # back to the profile: the window forgets the slow batches
     assert policy.calibration.scale == pytest.approx(1.0)
 
 
 def test_calibration_takes_the_quantile_and_clips():
     calibration = Calibration(quantile=0.9, window=10)
     for ratio in [1.0] * 8 + [3.0, 5.0]:
-        calibration.observe(ratio * 10, 10)
+        calibration.observe(ratio * 10, 10, now_ms=0.0)
     assert calibration.scale == pytest.approx(3.0)  # the 9th of 10 sorted ratios
-    calibration.observe(10_000, 1)  # a stray measurement cannot run away
+    calibration.observe(10_000, 1, now_ms=0.0)  # a stray measurement cannot run away
     assert calibration.scale <= 20.0
     with pytest.raises(PolicyError, match="quantile"):
         Calibration(quantile=0.0)
+
+
+def test_one_slow_batch_moves_nothing_until_a_tenth_of_the_window_is_slow():
+    calibration = Calibration(quantile=0.9, window=32)
+    calibration.observe(200.0, 10.0, now_ms=0.0)  # e.g. the first batch after start-up, 20x the profile
+    assert calibration.scale == pytest.approx(1.0)
+    for t in range(1, 4):
+        calibration.observe(30.0, 10.0, now_ms=t)
+    assert calibration.scale == pytest.approx(3.0)  # 4 of 32 slow: the 0.9 quantile (29th of 32) is slow
+
+
+def test_a_scale_no_batch_confirms_expires_and_the_server_serves_again():
+    policy = hand_policy(calibration=Calibration(quantile=0.9, window=4, max_age_ms=1000.0))
+    for t in range(4):
+        policy.observe(C, 1, 40.0, now_ms=t)  # 20x: everything now looks hopeless
+    assert policy.decide(10.0, [10.0 + 30.0]).reject == (0,)  # C alone predicted at 40 ms > 30 ms
+    decision = policy.decide(2000.0, [2000.0 + 30.0])  # a second later the old ratios are gone
+    assert policy.calibration.scale == pytest.approx(1.0) and (decision.batch, decision.subnet) == (1, A)
 
 
 def test_policy_rejects_missing_accuracy_and_bad_margin():

@@ -20,7 +20,7 @@ from PIL import Image
 from serve_helpers import TINY, TINY_ACCURACY, ServerProcess, alive, write_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
-SLO_MS, TRANSIT_MS = 800.0, 5.0
+SLO_MS, TRANSIT_MS = 300.0, 5.0
 SIDE = max(TINY["img_sizes"])
 
 
@@ -29,7 +29,7 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     checkpoint = write_tiny_checkpoint(folder / "tiny.pth")
     server = ServerProcess(["--checkpoint", checkpoint, "--port", "0", "--slo-ms", str(SLO_MS), "--transit-ms",
-                            str(TRANSIT_MS), "--threads", "1", "--batch-sizes", "1,4,16", "--rounds", "3",
+                            str(TRANSIT_MS), "--threads", "1", "--batch-sizes", "1,4,8", "--rounds", "3",
                             "--warmup", "1", "--no-progress", "--profile", str(folder / "profiles.json"),
                             "--duration", "300"])
     try:
@@ -45,7 +45,10 @@ def tensor_body(x: torch.Tensor) -> dict:
 
 
 def png_body(width: int, height: int, seed: int = 0) -> dict:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    """A smooth colour image (small as PNG) with a little noise."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, width)[None, :, None] * np.linspace(0.2, 1, height)[:, None, None] * rng.random(3)
+    pixels = np.clip(255 * ramp + rng.normal(0, 2, size=(height, width, 3)), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return {"image": base64.b64encode(buffer.getvalue()).decode()}
@@ -59,12 +62,12 @@ def test_answers_with_the_most_accurate_point_at_idle(server):
     reply = requests.post(server.url + "/", json=tensor_body(x), timeout=30)
     assert reply.status_code == 200, reply.text
     answer = reply.json()
-    assert answer["subnet"] == "96:1" and answer["expected_top1"] == TINY_ACCURACY[(96, 1.0)]
+    assert answer["subnet"] == f"{SIDE}:1" and answer["expected_top1"] == TINY_ACCURACY[(SIDE, 1.0)]
     assert answer["batch"]["size"] == 1 and answer["compute_ms"] > 0 and answer["queue_ms"] >= 0
     # the same model, loaded here from the same file, gives the same top-5
     model = deploy.load_source(checkpoint=server.checkpoint).model
     with torch.inference_mode():
-        probs = model(x[None], img_size=96, keep_ratio=1.0).softmax(-1)[0]
+        probs = model(x[None], img_size=SIDE, keep_ratio=1.0).softmax(-1)[0]
     top = probs.topk(5)
     assert [c["class"] for c in answer["top5"]] == top.indices.tolist()
     assert [c["probability"] for c in answer["top5"]] == pytest.approx(top.values.tolist(), abs=1e-5)
@@ -104,24 +107,24 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server):
 
 def test_a_burst_switches_points_and_no_request_waits_past_its_deadline(server):
     before = requests.get(server.url + "/info", timeout=30).json()["counters"]
-    body = json.dumps(tensor_body(torch.randn(3, SIDE, SIDE)))
+    body = json.dumps(png_body(SIDE, SIDE, seed=3))
 
     def send(_):
         start = time.perf_counter()
         reply = requests.post(server.url + "/", data=body, timeout=30)
         return reply.status_code, (time.perf_counter() - start) * 1e3, reply.json()
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=48) as pool:
-        results = list(pool.map(send, range(96)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:  # > 1 s of work on the best point
+        results = list(pool.map(send, range(64)))
     statuses = collections.Counter(status for status, _, _ in results)
     assert set(statuses) <= {200, 503}, statuses
     answered = [answer for status, _, answer in results if status == 200]
     points = collections.Counter(answer["subnet"] for answer in answered)
     assert len(answered) >= len(results) // 2, (statuses, points)
-    assert len(points) >= 2 and set(points) != {"96:1"}, points  # the burst pushed the policy off the best point
+    assert len(points) >= 2 and set(points) != {f"{SIDE}:1"}, points  # the burst pushed the policy off the best point
     for status, _, answer in results:
         if status == 200:  # inside the replica every answer came before its deadline
-            assert answer["server_ms"] <= SLO_MS - TRANSIT_MS + 50, answer
+            assert answer["server_ms"] <= SLO_MS - TRANSIT_MS + 100, answer
         else:
             assert "deadline" in answer["error"] or "cannot be answered" in answer["error"], answer
     assert max(ms for _, ms, _ in results) < SLO_MS + 2000  # and no client waited much beyond it

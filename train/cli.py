@@ -114,6 +114,14 @@ def add_common_arguments(parser: argparse.ArgumentParser):
     group.add_argument("--model-ema-warmup", action="store_true",
                        help="EMA decay warm-up (timm's ModelEmaV3 use_warmup): the EMA follows the weights closely "
                             "early on (default: decay from the first update, as the reference's EMA)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the model once: one graph per sub-network, used by the training step and "
+                            "the evaluation (the first steps of each sub-network wait for its compilation)")
+    group.add_argument("--compile-backend", default="inductor",
+                       help="torch.compile backend with --compile ('aot_eager' traces without generating code)")
+    group.add_argument("--profile-steps", type=int, default=0,
+                       help="write a torch profiler trace (Chrome JSON, profile_rank<r>.json in the output folder) of "
+                            "this many training steps after the first; 0 = none")
     group.add_argument("--eval-interval", type=int, default=1,
                        help="full evaluation of every sub-network every N epochs (and at the end); 0 = at the end "
                             "only. Other epochs evaluate the largest full sub-network only")
@@ -218,6 +226,10 @@ def check_args(args, parser: argparse.ArgumentParser):
         parser.error(f"--cooldown-epochs must be >= 0, got {args.cooldown_epochs}")
     if args.finetune_partial and not args.finetune:
         parser.error("--finetune-partial needs --finetune PATH")
+    if args.profile_steps < 0:
+        parser.error(f"--profile-steps must be >= 0, got {args.profile_steps}")
+    if args.profile_steps and not args.output_dir:
+        parser.error("--profile-steps needs --output DIR (the trace is written there)")
     if args.clip_each_backward and args.clip_grad is None:
         parser.error("--clip-each-backward needs --clip-grad VALUE")
     if args.clip_each_backward and args.clip_mode == "agc":

@@ -25,6 +25,7 @@ from supervit.models.subnet import Subnet
 from supervit.training import TEACHERS, ClassificationTask, kd_loss, sample_subnets, supervit_step, zero_grad
 
 from . import faults
+from .accounting import Throughput, format_summary
 from .distributed import DistInfo, all_reduce_sum
 
 __all__ = ["Amp", "ClassificationTask", "LOSS_NAMES", "NonFiniteLossError", "STEP_HOOKS", "StepContext", "Subnet",
@@ -68,6 +69,7 @@ class StepContext:
     clip_each_backward: bool = False  # the reference: clip the partial sum after each backward (else once)
     ema: Optional[object] = None    # train.optimization.Ema
     max_nonfinite_steps: int = 20
+    clock: Optional[object] = None    # train.accounting.StepClock: phase boundaries of each step (or None)
     nonfinite_streak: int = 0
     skipped_steps: int = 0
 
@@ -98,6 +100,7 @@ def train_step(ctx: StepContext, images, targets, subnets: list[Subnet | None], 
         finite = finite.to(ctx.info.device)
         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
     finite = bool(finite.item())
+    _mark(ctx, "forward_backward")
     stepped = _optimizer_step(ctx, finite, num_updates)
     values = losses_t.tolist()
     if not finite:
@@ -132,12 +135,19 @@ def _optimizer_step(ctx: StepContext, finite: bool, num_updates: int) -> bool:
         stepped = True
     else:
         stepped = False
+    _mark(ctx, "optimizer")
     if not stepped:
         ctx.skipped_steps += 1
         ctx.optimizer.zero_grad(set_to_none=False)
     elif ctx.ema is not None:
         ctx.ema.update(ctx.module, num_updates)
+    _mark(ctx, "ema")
     return stepped
+
+
+def _mark(ctx: StepContext, phase: str):
+    if ctx.clock is not None:
+        ctx.clock.mark(phase)
 
 
 LOSS_NAMES = ("loss_full", "loss_kd_full", "loss_small", "loss_kd_small")
@@ -145,22 +155,30 @@ LOSS_NAMES = ("loss_full", "loss_kd_full", "loss_small", "loss_kd_small")
 
 def train_one_epoch(ctx: StepContext, loader, epoch: int, rng: random.Random, scheduler=None,
                     updates_per_epoch: int = 0, max_steps: int = 0, progress: bool = True, allowed=None,
-                    batch_transform=None) -> dict:
-    """One pass over ``loader``; returns the mean of each of the 4 losses, the lr, step counts and time.
+                    batch_transform=None, profiler=None) -> dict:
+    """One pass over ``loader``; returns the mean of each of the 4 losses, their total, the lr, step counts, time
+    and the throughput accounting (``train.accounting``).
 
     ``allowed``: the sub-networks training may draw (``--subnets``); None = all of the model's.
     ``batch_transform``: None or ``(images, targets) -> (images, targets)``, applied on the device right after the
     host-to-device copy (a device-side data path); its time counts as data time.
+    ``profiler``: a ``train.accounting.StepProfiler`` (``--profile-steps``) or None.
     """
     ctx.model.train()
     sums = torch.zeros(4, dtype=torch.float64)
     steps = 0
     total = len(loader) if not max_steps else min(len(loader), max_steps)
-    bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not (progress and ctx.info.is_main), leave=False,
+    bar = tqdm(total=total, desc=f"epoch {epoch + 1}", disable=not (progress and ctx.info.is_main), leave=True,
                dynamic_ncols=True, mininterval=1.0)
+    meter = Throughput(ctx.module, ctx.info.device, ctx.amp.dtype, ctx.info.world_size)
+    ctx.clock = meter.clock
     start = time.time()
-    for i, (images, targets) in enumerate(loader):
-        if max_steps and i >= max_steps:
+    batches = iter(loader)
+    for i in range(total):
+        meter.clock.start()
+        try:
+            images, targets = next(batches)
+        except StopIteration:
             break
         faults.inject("step", epoch=epoch, step=i, rank=ctx.info.rank)  # test-only; inert unless configured
         num_updates = epoch * updates_per_epoch + i
@@ -170,19 +188,32 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, rng: random.Random, sc
         targets = _to_device(targets, ctx.info.device)
         if batch_transform is not None:
             images, targets = batch_transform(images, targets)
+        meter.clock.mark("data")
+        if profiler is not None:
+            profiler.before_step(i)
         subnets = sample_subnets(rng, ctx.module.img_sizes, ctx.module.keep_ratios, allowed)
         out = train_step(ctx, images, targets, subnets, num_updates + 1)
+        meter.clock.end_step()
+        meter.count(subnets, images.shape[0])
+        if profiler is not None:
+            profiler.after_step()
         sums += torch.tensor(out["losses"], dtype=torch.float64).nan_to_num(0.0)
         steps += 1
         bar.update(1)
         if steps % 10 == 0 or steps == total:
-            bar.set_postfix(loss=f"{sums[0].item() / steps:.3f}", kd=f"{sums[1].item() / steps:.3f}",
-                            lr=f"{ctx.optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_postfix_str(f"total loss {sums.sum().item() / steps:.3f}, lr "
+                                f"{ctx.optimizer.param_groups[0]['lr']:.2e} | {format_summary(meter.summary())}",
+                                refresh=False)
+    if profiler is not None:
+        profiler.finish()
+    ctx.clock = None
+    accounting = meter.summary()
+    bar.set_postfix_str(f"total loss {sums.sum().item() / max(steps, 1):.3f} | {format_summary(accounting)}")
     bar.close()
     means = (sums / max(steps, 1)).tolist()
     result = dict(zip(LOSS_NAMES, means))
     result.update(loss=sum(means), lr=ctx.optimizer.param_groups[0]["lr"], steps=steps,
-                  skipped_steps=ctx.skipped_steps, train_time_s=time.time() - start)
+                  skipped_steps=ctx.skipped_steps, train_time_s=time.time() - start, **accounting)
     return result
 
 

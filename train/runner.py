@@ -12,10 +12,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from supervit.models import format_subnets, largest_full, load_weights, model_config, pick_weights
 
-from . import checkpointing, data as data_lib, digits, model_source, optimization, report
+from . import checkpointing, compiling, data as data_lib, digits, model_source, optimization, report
 from .cli import UsageError
 from .distributed import all_reduce_sum, barrier, cleanup, epoch_seed, init_distributed, seed_everything
-from .engine import Amp, StepContext, evaluate, train_one_epoch
+from .accounting import StepProfiler, format_summary
+from .engine import LOSS_NAMES, Amp, StepContext, evaluate, train_one_epoch
 
 
 def log(info, *parts):
@@ -85,6 +86,16 @@ def write_held_out(output_dir: str) -> str:
     return path
 
 
+def epoch_line(epoch: int, total_epochs: int, stats: dict, key: str, top1: float, best: float, elapsed: float) -> str:
+    """The epoch's line: the 4 losses by name and their total (log.jsonl: train_loss_full, train_loss_kd_full,
+    train_loss_small, train_loss_kd_small, train_loss), lr, the tracked top-1, throughput and time."""
+    losses = ", ".join(f"{label} {stats[name]:.3f}" for name, label in zip(
+        LOSS_NAMES, ("full", "kd(full)", "small", "kd(small)")))
+    return (f"epoch {epoch + 1}/{total_epochs}: losses {losses}; total {stats['loss']:.3f} | lr {stats['lr']:.2e} | "
+            f"{key} {top1:.2f}% (best {best:.2f}%) | {format_summary(stats)} | {stats['train_time_s']:.0f}s train, "
+            f"{elapsed:.0f}s total")
+
+
 def print_table(info, model, metrics: dict, title: str):
     rows = report.result_rows(metrics, model)
     log(info, f"\n{title}\n" + report.format_table(rows) + "\n")
@@ -111,7 +122,8 @@ def run_eval_only(args, recipe, model, info, amp, ckpt):
     use_ema = weights.ema
     eval_set = data_lib.guard_images(recipe.eval_set(model), strict=args.strict_data, drop=True)
     loader = eval_loader(eval_set, info, args)
-    metrics = evaluate(model, loader, model_source.chosen_subnets(args, model, training=False), amp, info,
+    metrics = evaluate(compiling.compile_module(model, args), loader,
+                       model_source.chosen_subnets(args, model, training=False), amp, info,
                        reduce=args.dist_eval and info.distributed, progress=not args.no_progress)
     log_skipped(info, [0] + skipped_since(info, [0], eval_set), "in the evaluation")
     title = f"{os.path.basename(args.resume)} ({'EMA' if use_ema else 'model'} weights), " \
@@ -206,9 +218,12 @@ def _run(args, recipe, info):
         optimization.restore_gradient_slots(model, optimizer)
         log(info, f"resumed from {resume_path}: continuing at epoch {start_epoch}")
 
-    ddp_model = model
+    compiling.check_compile(args, recipe)
+    step_model = compiling.compile_module(model, args)  # shares the parameters of ``model``
+    eval_models = {id(model): step_model}
+    ddp_model = step_model
     if info.distributed:
-        ddp_model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda"
+        ddp_model = DistributedDataParallel(step_model, device_ids=[info.device.index] if info.device.type == "cuda"
                                             else None, find_unused_parameters=True)
     ctx = StepContext(model=ddp_model, module=model, task=recipe.build_task(model), optimizer=optimizer,
                       scaler=scaler, amp=amp, info=info, teachers=recipe.teachers(), clip_grad=args.clip_grad,
@@ -232,6 +247,9 @@ def _run(args, recipe, info):
     if args.demo and args.output_dir and info.is_main:
         write_held_out(args.output_dir)
     metrics, run_start = {}, time.time()
+    profiler = StepProfiler(args.profile_steps, os.path.join(args.output_dir or ".", f"profile_rank{info.rank}.json"),
+                            info.device)
+    profile_logged = False
     stop_epoch = min(total_epochs, start_epoch + args.epochs_this_run) if args.epochs_this_run else total_epochs
     for epoch in range(start_epoch, stop_epoch):
         seed_everything(epoch_seed(args.seed, info.rank, epoch))
@@ -242,10 +260,16 @@ def _run(args, recipe, info):
         marks = (data_lib.skipped_images(train_set), data_lib.skipped_images(eval_set))
         stats = train_one_epoch(ctx, loader, epoch, rng, scheduler=scheduler, updates_per_epoch=updates_per_epoch,
                                 max_steps=args.max_steps_per_epoch, progress=not args.no_progress, allowed=allowed,
-                                batch_transform=batch_transform)
+                                batch_transform=batch_transform, profiler=profiler)
+        if profiler.written and not profile_logged:
+            profile_logged = True
+            log(info, f"profiler trace of {args.profile_steps} step(s): {profiler.written} (chrome://tracing, "
+                      "https://ui.perfetto.dev)")
         full_table = epoch == total_epochs - 1 or (args.eval_interval and (epoch + 1) % args.eval_interval == 0)
         eval_model = ema.module if (recipe.eval_uses_ema and ema is not None) else model
-        metrics = evaluate(eval_model, val_loader, subnets if full_table else [largest_full(subnets)],
+        if id(eval_model) not in eval_models:
+            eval_models[id(eval_model)] = compiling.compile_module(eval_model, args)
+        metrics = evaluate(eval_models[id(eval_model)], val_loader, subnets if full_table else [largest_full(subnets)],
                            amp, info, reduce=args.dist_eval and info.distributed, progress=not args.no_progress)
         skipped = skipped_since(info, marks, train_set, eval_set)
         log_skipped(info, skipped, f"in epoch {epoch + 1}")
@@ -268,10 +292,7 @@ def _run(args, recipe, info):
                   **{f"test_{k}": v for k, v in metrics.items()}, "best_" + key: best[0],
                   "elapsed_s": time.time() - run_start}
         jsonl.write(record)
-        log(info, f"epoch {epoch + 1}/{total_epochs}: loss {stats['loss_full']:.3f} (kd {stats['loss_kd_full']:.3f},"
-                  f" small {stats['loss_small']:.3f}, kd {stats['loss_kd_small']:.3f}) lr {stats['lr']:.2e} | "
-                  f"{key} {metrics[key]:.2f}% (best {best[0]:.2f}%) | {stats['train_time_s']:.0f}s train, "
-                  f"{time.time() - run_start:.0f}s total")
+        log(info, epoch_line(epoch, total_epochs, stats, key, metrics[key], best[0], time.time() - run_start))
         if full_table:
             print_table(info, model, metrics, f"epoch {epoch + 1}: top-1 % (GMACs) of every sub-network, "
                                               f"{metrics['num_samples']} held-out images")

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import harness  # noqa: E402
 import supervit  # noqa: E402,F401
 from supervit.deploy import export, runners  # noqa: E402
-from supervit.models import flops  # noqa: E402
+from supervit.models import check_subnets, flops, parse_subnets  # noqa: E402
 
 RUNTIMES = ("eager", "pt2", "aoti", "onnx")
 FILE_FORMATS = ("pt2", "aoti", "onnx")
@@ -167,8 +167,8 @@ def main(argv=None) -> int:
     os.makedirs(export_dir, exist_ok=True)
     torch.manual_seed(0)
     model = timm.create_model("super_deit_s").eval()
-    aoti_subnets = set(model.subnets()) if args.aoti_subnets == "all" else {
-        (int(s), float(r)) for s, r in (item.split(":") for item in args.aoti_subnets.split(","))}
+    aoti_subnets = set(model.subnets()) if args.aoti_subnets == "all" else set(
+        check_subnets(model, parse_subnets(args.aoti_subnets, "--aoti-subnets"), arg="--aoti-subnets"))
     paths, export_rows = export_all(model, model.subnets(), export_dir, aoti_subnets)
     harness.write_rows(export_rows, out, "runtimes_export")
     parity = check_outputs(model, paths)

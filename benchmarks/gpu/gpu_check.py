@@ -128,6 +128,8 @@ def run_bench(steps: Steps, py: str) -> None:
                                "--out", os.path.join(steps.out, "models")], share=0.75)
     steps.run("bench_data_gpu", [py, os.path.join(bench, "gpu", "bench_data_gpu.py"), "--steps", "20",
                                  "--budget-s", "60", "--out", os.path.join(steps.out, "data")], share=0.5)
+    steps.run("bench_train_gpu", [py, os.path.join(bench, "gpu", "bench_train_gpu.py"),
+                                  "--out", os.path.join(steps.out, "train_step")], share=0.6)
     steps.run("bench_cuda_graphs", [py, os.path.join(bench, "gpu", "bench_cuda_graphs.py"),
                                     "--out", os.path.join(steps.out, "cuda_graphs")])
 
@@ -166,6 +168,12 @@ def target_lines(out: str) -> list[str]:
         slow = [f"({r['img_size']}, {r['keep_ratio']})" for r in pruned if r["below_full"] != "True"]
         lines.append(f"- {model} batch-1 CUDA graphs: {len(pruned) - len(slow)} of {len(pruned)} pruned "
                      f"sub-networks below (224, 1)" + (f"; not: {' '.join(slow)}" if slow else ""))
+    for r in _read(os.path.join(out, "train_step", "train_step.csv")):
+        if r["candidate"] == "compiled":
+            ratio = float(r["eager_over_compiled"])
+            mfu = f", MFU {100 * float(r['mfu']):.1f} %" if r["mfu"] else ""
+            lines.append(f"- compiled {r['dtype']} training step b{r['batch']}: {ratio:.2f}x the eager step (target "
+                         f"1.2x): {ratio >= 1.2}{mfu}")
     data_path = os.path.join(out, "data", "data_gpu.json")
     if os.path.exists(data_path):
         with open(data_path) as f:

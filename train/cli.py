@@ -166,6 +166,17 @@ def parse_subnets(text: str):
         raise argparse.ArgumentTypeError(str(err).removeprefix("--subnets: ")) from None
 
 
+def default_workers(recipe_default: int) -> int:
+    """DataLoader workers when ``--num-workers`` is not given: the recipe's default, at most the CPU cores this
+    process may use (its affinity, shared among torchrun's processes on the node)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    per_process = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+    return min(recipe_default, per_process)
+
+
 def wants_demo(argv: list[str], data_given) -> bool:
     return "--demo" in argv or not data_given(argv)
 
@@ -214,6 +225,8 @@ def check_args(args, parser: argparse.ArgumentParser):
     """Errors for impossible combinations, naming the flags."""
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_workers is not None and args.num_workers < 0:
+        parser.error(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.epochs < 1 and not args.eval:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
     if args.max_nonfinite_steps < 1:

@@ -97,8 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="first epoch (a --resume checkpoint sets it)")
     g.add_argument("--eval", action="store_true", help="evaluate the --resume checkpoint only")
     g.add_argument("--dist-eval", action="store_true", default=False, help="shard evaluation over the processes")
-    g.add_argument("--num_workers", "--num-workers", "--workers", "-j", dest="num_workers", default=10, type=int,
-                   help="DataLoader worker processes")
+    g.add_argument("--num_workers", "--num-workers", "--workers", "-j", dest="num_workers", default=None, type=int,
+                   help="DataLoader worker processes (default: 10, at most the CPU cores of each process)")
     g.add_argument("--pin-mem", action="store_true", default=True, help="pinned host memory for CUDA copies")
     g.add_argument("--no-pin-mem", action="store_false", dest="pin_mem", help="no pinned memory")
     g.add_argument("--amp", action="store_true", default=True, help="mixed precision (fp16 on CUDA)")
@@ -120,6 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.kd_teacher is None:
         args.kd_teacher = "group"
     args.model_ema_decay = float(args.model_ema_decay)
+    if args.num_workers is None:
+        args.num_workers = cli.default_workers(10)
     cli.check_args(args, parser)
     return args
 

@@ -103,8 +103,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-ema-force-cpu", action="store_true", default=False, help="keep the EMA on the CPU")
     g.add_argument("--model-ema-decay", type=float, default=0.99992, help="EMA decay per optimizer step")
     g.add_argument("--seed", type=int, default=42, help="random seed (each rank adds its rank)")
-    g.add_argument("-j", "--workers", "--num-workers", "--num_workers", dest="num_workers", type=int, default=4,
-                   help="DataLoader worker processes")
+    g.add_argument("-j", "--workers", "--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
+                   help="DataLoader worker processes (default: 4, at most the CPU cores of each process)")
     g.add_argument("--amp", "--native-amp", "--apex-amp", dest="amp", action="store_true", default=False,
                    help="mixed precision (fp16 + GradScaler on CUDA)")
     g.add_argument("--pin-mem", action="store_true", default=False, help="pinned host memory for CUDA copies")
@@ -139,6 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.cooldown_epochs = 0 if "epochs" in args.explicit else 10
     if args.token_label and not args.token_label_data and not args.eval:
         parser.error("--token-label needs --token-label-data DIR")
+    if args.num_workers is None:
+        args.num_workers = cli.default_workers(4)
     cli.check_args(args, parser)
     return args
 

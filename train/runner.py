@@ -54,6 +54,22 @@ def finetune_from(model, path: str, info, allow_partial: bool = False, target: s
                   f"initialisation: {', '.join(found['trunk_not_loaded'][:8])}")
 
 
+def check_class_counts(info, model, dataset, split: str):
+    """The data set's class folders against the model's classes: more folders than outputs is an error (labels the
+    head cannot score); fewer is allowed (e.g. a 1000-way head on an ImageNet subset) and said."""
+    classes = len(getattr(dataset, "classes", []) or [])
+    if not classes or classes == model.num_classes:
+        return
+    if classes > model.num_classes:
+        raise UsageError(f"the {split} set has {classes} class folders but the model {model.num_classes} outputs: "
+                         f"labels {model.num_classes}..{classes - 1} cannot be scored; pass --nb-classes/--num-classes "
+                         f"{classes} (or more)")
+    log(info, f"note: the model has {model.num_classes} classes, the {split} set {classes} class folders: folder i "
+              f"(sorted by name) is class i of the model, the other {model.num_classes - classes} outputs "
+              + ("are never the target" if split == "train" else
+                 "compete in top-1/top-5; make sure the checkpoint's classes 0.." f"{classes - 1} are these folders"))
+
+
 def eval_loader(dataset, info, args):
     sampler = data_lib.eval_sampler(dataset, info, args.dist_eval)
     batch = getattr(args, "eval_batch_size", None) or int(1.5 * args.batch_size)
@@ -121,6 +137,7 @@ def run_eval_only(args, recipe, model, info, amp, ckpt):
     load_weights(model, weights, source=repr(args.resume))
     use_ema = weights.ema
     eval_set = data_lib.guard_images(recipe.eval_set(model), strict=args.strict_data, drop=True)
+    check_class_counts(info, model, eval_set, "evaluation")
     loader = eval_loader(eval_set, info, args)
     metrics = evaluate(compiling.compile_module(model, args), loader,
                        model_source.chosen_subnets(args, model, training=False), amp, info,
@@ -193,9 +210,7 @@ def _run(args, recipe, info):
     eval_set = data_lib.guard_images(recipe.eval_set(model), strict=args.strict_data, drop=True)
     if hasattr(train_set, "classes") and hasattr(eval_set, "classes"):
         data_lib.check_same_classes(train_set, eval_set)
-    if len(getattr(train_set, "classes", [])) not in (0, model.num_classes):
-        raise UsageError(f"the data set has {len(train_set.classes)} classes but the model {model.num_classes}; "
-                         "pass --nb-classes/--num-classes")
+    check_class_counts(info, model, train_set, "train")
     sampler = data_lib.train_sampler(train_set, info, args.repeated_aug, args.seed)
     loader = data_lib.make_loader(train_set, sampler, args.batch_size, args.num_workers,
                                   args.pin_mem and info.device.type == "cuda", True, collate)
@@ -203,6 +218,16 @@ def _run(args, recipe, info):
     updates_per_epoch = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
 
     lr = optimization.scaled_lr(args, recipe, info.world_size)
+    if lr < args.min_lr:
+        log(info, f"warning: the learning rate {lr:.3g} (--lr {args.lr:g} x global batch "
+                  f"{args.batch_size * info.world_size} / 512) is below --min-lr {args.min_lr:g}: the schedule rises "
+                  "towards --min-lr instead of decaying; lower --min-lr or raise --lr (or --unscale-lr)"
+                  if recipe.scales_lr_by_batch and not args.unscale_lr else
+                  f"warning: --lr {lr:g} is below --min-lr {args.min_lr:g}: the schedule rises towards --min-lr instead "
+                  "of decaying; lower --min-lr or raise --lr")
+    if not args.output_dir:
+        log(info, "note: no --output DIR: this run writes nothing (no checkpoint, results or log); add --output DIR "
+                  "to keep them")
     optimizer = optimization.build_optimizer(args, model, lr, info.device)
     scheduler, total_epochs = optimization.build_scheduler(args, recipe, optimizer, updates_per_epoch)
     scaler = optimization.build_scaler(amp.dtype)
@@ -217,6 +242,11 @@ def _run(args, recipe, info):
         accuracy = state["accuracy"]
         optimization.restore_gradient_slots(model, optimizer)
         log(info, f"resumed from {resume_path}: continuing at epoch {start_epoch}")
+        if start_epoch >= total_epochs:
+            log(info, f"nothing to train: {resume_path} holds epoch {start_epoch} of {total_epochs}, the end of this "
+                      f"schedule (the run is finished). Evaluate it with: {reeval_command(args, recipe, resume_path)}"
+                      f" ; to train longer, start a new run with a larger --epochs (the schedule changes with it)")
+            return {}
 
     compiling.check_compile(args, recipe)
     step_model = compiling.compile_module(model, args)  # shares the parameters of ``model``

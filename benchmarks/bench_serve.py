@@ -39,10 +39,12 @@ sys.path.insert(0, ROOT)
 import harness  # noqa: E402
 import serve_load  # noqa: E402
 
+ADAPTIVE_MODES = ("adaptive", "deadline-only")  # the server's adaptive mode with and without its rate guard
 SUMMARY_COLUMNS = ["model", "mode", "subnet", "repeat", "requests", "slo_ms", "slo_attainment_pct", "answered_pct",
                    "rejected_pct", "p50_ms", "p99_ms", "p99_all_ms", "goodput_rps", "mean_expected_top1",
                    "delivered_top1", "mean_batch", "batches", "switches", "rss_mb", "peak_rss_mb",
-                   "switch_compute_ratio", "slowdown_p50", "slowdown_p90_over_p50", "transit_p50_ms", "transit_p99_ms", "client_lag_p99_ms", "load_before", "load_after"]
+                   "switch_compute_ratio", "slowdown_p50", "slowdown_p90_over_p50", "transit_p50_ms",
+                   "transit_p99_ms", "client_lag_p99_ms", "load_before", "load_after"]
 
 
 def parse_args(argv=None):
@@ -67,10 +69,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-requests", type=int, default=20)
     p.add_argument("--repeats", type=int, default=1, help="runs of every mode; the order rotates between repeats")
-    p.add_argument("--modes", default="all", help="'all' (adaptive and every static point) or a comma list of "
-                   "'adaptive' and SIZE:KEEP")
+    p.add_argument("--modes", default="all", help="'all' (adaptive, adaptive without its rate guard "
+                   "('deadline-only') and every static point) or a comma list of those names and SIZE:KEEP")
     p.add_argument("--switch-rounds", type=int, default=15, help="interleaved rounds of the switching-cost "
                    "measurement (0: skip it)")
+    p.add_argument("--switch-batches", default="1,4", help="batch sizes of the switching-cost measurement")
     p.add_argument("--profile", default=None, help="profile file (default: <out>/serve_profiles.json)")
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one for each run)")
     p.add_argument("--out", default=None, help="result folder (default: a new runs/bench/<device>-<time>)")
@@ -166,7 +169,9 @@ def server_args(args, mode: str, profile: str) -> list[str]:
                         ("--std", args.std)):
         if value is not None:
             out += [flag, str(value)]
-    return out + (["--mode", "adaptive"] if mode == "adaptive" else ["--mode", "static", "--subnet", mode])
+    if mode in ADAPTIVE_MODES:
+        return out + ["--mode", "adaptive"] + (["--no-rate-guard"] if mode == "deadline-only" else [])
+    return out + ["--mode", "static", "--subnet", mode]
 
 
 def run_once(args, mode: str, profile: str, trace_path: str, bodies_path: str, bodies: list[bytes],
@@ -312,14 +317,14 @@ def plot(path: str, runs: dict, order: list[str], accuracy: dict, args, title: s
     for start in np.arange(args.burst_every_s, args.duration_s, args.burst_every_s):
         for ax in (top, bottom):
             ax.axvspan(start, start + args.burst_s, color="0.9", zorder=0)
-    colours = {"adaptive": "tab:blue"}
-    for mode, colour in zip([m for m in order if m != "adaptive"], ["tab:orange", "tab:green", "tab:red"]):
+    colours = {"adaptive": "tab:blue", "deadline-only": "tab:purple"}
+    for mode, colour in zip([m for m in order if m not in colours], ["tab:orange", "tab:green", "tab:red"]):
         colours[mode] = colour
     for mode in order:
         records = runs[mode]
         ok = [r for r in records if r["status"] == 200]
         bad = [r for r in records if r["status"] != 200]
-        label = mode if mode == "adaptive" else f"static {mode}"
+        label = mode if mode in ADAPTIVE_MODES else f"static {mode}"
         top.scatter([r["sent_s"] for r in ok], [r["latency_ms"] for r in ok], s=6, color=colours[mode],
                     label=f"{label} (200)")
         top.scatter([r["sent_s"] for r in bad], [r["latency_ms"] for r in bad], s=14, marker="x",
@@ -331,10 +336,13 @@ def plot(path: str, runs: dict, order: list[str], accuracy: dict, args, title: s
     top.set_title(title, fontsize=9)
     points = sorted(accuracy, key=lambda s: accuracy[s])
     index = {s: i for i, s in enumerate(points)}
-    ok = [r for r in runs["adaptive"] if r["status"] == 200]
-    bottom.scatter([r["sent_s"] for r in ok], [index[r["subnet"]] for r in ok], s=6, color="tab:blue")
+    for mode, offset in (("adaptive", 0.15), ("deadline-only", -0.15)):
+        ok = [r for r in runs.get(mode, []) if r["status"] == 200]
+        bottom.scatter([r["sent_s"] for r in ok], [index[r["subnet"]] + offset for r in ok], s=6,
+                       color=colours[mode], label=mode)
+    bottom.legend(fontsize=7, loc="lower left")
     bottom.set_yticks(range(len(points)), [f"{s} ({accuracy[s]:.1f}%)" for s in points], fontsize=7)
-    bottom.set_ylabel("adaptive: point used")
+    bottom.set_ylabel("point used")
     bottom.set_xlabel("time (s); grey: bursts at %gx the base rate" % args.burst_factor)
     fig.tight_layout()
     harness.save_png(fig, path)
@@ -358,14 +366,14 @@ def main(argv=None) -> int:
         subnets = models.model_subnets(source.model)
         best = max(subnets, key=lambda s: accuracy[str(s)])
         fast = min(subnets, key=lambda s: models.flops(source.model, *s))
-        sizes = [int(b) for b in args.batch_sizes.split(",")]
-        rows = switch_cost(source.model, fast, best, [sizes[0], sizes[-1]], args.switch_rounds, args.threads)
+        sizes = [int(b) for b in args.switch_batches.split(",")]
+        rows = switch_cost(source.model, fast, best, sizes, args.switch_rounds, args.threads)
         harness.write_rows(rows, out, f"serve_{tag}_switch_cost")
         print("switching cost: " + "; ".join(f"batch {r['batch']}: alternating / same = "
                                              f"{r['alternate_over_mean_same']:.3f} [{r['ci_low']:.3f}, "
                                              f"{r['ci_high']:.3f}]" for r in rows), flush=True)
     del source
-    modes = ["adaptive", *points] if args.modes == "all" else [m.strip() for m in args.modes.split(",")]
+    modes = [*ADAPTIVE_MODES, *points] if args.modes == "all" else [m.strip() for m in args.modes.split(",")]
     os.makedirs(out, exist_ok=True)
     profile = args.profile or os.path.join(out, "serve_profiles.json")
     work = tempfile.mkdtemp(prefix=f"bench_serve_{tag}_")
@@ -385,8 +393,8 @@ def main(argv=None) -> int:
         shift = repeat % len(modes)
         for mode in modes[shift:] + modes[:shift]:
             records, info, loads = run_once(args, mode, profile, trace_path, bodies_path, bodies, work)
-            row = {"model": tag, "mode": "adaptive" if mode == "adaptive" else "static",
-                   "subnet": "" if mode == "adaptive" else mode, "repeat": repeat, "slo_ms": args.slo_ms,
+            row = {"model": tag, "mode": mode if mode in ADAPTIVE_MODES else "static",
+                   "subnet": "" if mode in ADAPTIVE_MODES else mode, "repeat": repeat, "slo_ms": args.slo_ms,
                    **summarize_run(records, info, args.slo_ms, args.duration_s), **loads}
             rows.append(row)
             runs.setdefault(mode, records)
@@ -395,8 +403,8 @@ def main(argv=None) -> int:
                   f"503 {row['rejected_pct']:.1f} %, RSS {row['rss_mb']:.0f} MiB, load {loads['load_before']}",
                   flush=True)
     harness.write_rows(rows, out, f"serve_{tag}", SUMMARY_COLUMNS)
-    best = max((m for m in modes if m != "adaptive"), key=lambda m: accuracy[m], default=None)
-    shown = [m for m in ("adaptive", best) if m in runs]
+    best = max((m for m in modes if m not in ADAPTIVE_MODES), key=lambda m: accuracy[m], default=None)
+    shown = [m for m in (*ADAPTIVE_MODES, best) if m in runs]
     write_requests(os.path.join(out, f"serve_{tag}_requests.csv"), {m: runs[m] for m in shown})
     cond = harness.conditions("cpu", batch=None, mode="eager")
     title = (f"{tag}: SLO {args.slo_ms:g} ms, {len(arrivals)} requests, {args.threads} thread(s); "

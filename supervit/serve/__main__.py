@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: every trained point of the model)")
     policy.add_argument("--margin", type=float, default=0.1, help="relative headroom on every predicted latency, "
                         "on top of the observed slowdown")
+    policy.add_argument("--no-rate-guard", action="store_true", help="adaptive: do not restrict the choice to "
+                        "points that sustain the recent arrival rate (deadlines alone decide)")
     policy.add_argument("--calibration-quantile", type=float, default=0.9, help="predictions scale by this "
                         "quantile of recent observed / profiled batch times")
     policy.add_argument("--calibration-window", type=int, default=32, help="how many recent batches that "

@@ -91,6 +91,7 @@ def replica_config(args, log=print) -> dict:
         "source": {"checkpoint": args.checkpoint, "model_name": args.model, "results": args.results},
         "name": source.name, "seed": args.seed, "threads": args.threads, "mode": args.mode,
         "slo_ms": args.slo_ms, "transit_ms": args.transit_ms, "margin": args.margin,
+        "rate_guard": not args.no_rate_guard,
         "quantile": args.calibration_quantile, "window": args.calibration_window,
         "latency_ms": latency, "accuracy": accuracy, "accuracy_known": table is not None,
         "accuracy_label": table["label"] if table is not None else None,

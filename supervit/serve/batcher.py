@@ -20,6 +20,9 @@ from .errors import RequestError
 from .policy import Policy
 
 
+RATE_WINDOW_MS = 1000.0   # the arrival rate the policy sees: requests of the last second
+
+
 def now_ms() -> float:
     """The server's clock: monotonic milliseconds."""
     return time.monotonic() * 1e3
@@ -75,6 +78,7 @@ class Batcher:
         self.run_batch = run_batch
         self.budget_ms = float(budget_ms)
         self.queue: collections.deque[Pending] = collections.deque()
+        self.arrivals: collections.deque[float] = collections.deque()  # arrival times of the last RATE_WINDOW_MS
         self.counters = Counters()
         self.last_batch: BatchRecord | None = None
         self._ids = itertools.count()
@@ -88,6 +92,7 @@ class Batcher:
         deadline = arrival_ms + self.budget_ms
         request = Pending(item, arrival_ms, deadline, asyncio.get_running_loop().create_future())
         self.queue.append(request)
+        self.arrivals.append(arrival_ms)
         self._wakeup.set()
         try:
             return await asyncio.wait_for(asyncio.shield(request.future), max(0.0, deadline - now_ms()) / 1e3)
@@ -121,10 +126,16 @@ class Batcher:
                  "already spent and the queue ahead needs more than is left (the server is overloaded; retry "
                  "later)"))
 
+    def arrival_rate(self, now: float) -> float:
+        """Requests per second over the last ``RATE_WINDOW_MS``."""
+        while self.arrivals and self.arrivals[0] < now - RATE_WINDOW_MS:
+            self.arrivals.popleft()
+        return len(self.arrivals) * 1e3 / RATE_WINDOW_MS
+
     async def _run_next(self):
         now = now_ms()
         queued = list(self.queue)
-        decision = self.policy.decide(now, [r.deadline_ms for r in queued])
+        decision = self.policy.decide(now, [r.deadline_ms for r in queued], self.arrival_rate(now))
         for i in decision.reject:
             self._reject(queued[i], now)
         batch = [queued[i] for i in decision.run]

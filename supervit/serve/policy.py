@@ -10,7 +10,11 @@ The rule, applied each time the model is free and requests are queued (oldest fi
    (at most ``max_batch``, the largest profiled batch size); queued requests are all served as soon as possible.
 3. Among the points that fit, the most accurate one, provided that the requests left behind can still be served
    afterwards (their first batch on the fastest point); when no fitting point leaves them that chance, the fastest
-   fitting point (the least harm).
+   fitting point (the least harm). With the rate guard (``budget_ms`` given and the recent arrival rate passed in),
+   only points that sustain the arrival rate qualify: the point's best throughput over the batch sizes that fit the
+   budget, at the typical (median) observed speed, must reach the rate (none does: the one that sustains the most).
+   Without it a lone request in a burst gets the most accurate point, the requests arriving meanwhile find less
+   time, and the server runs at the edge of every deadline until the burst ends.
 4. Requests left behind that will miss their deadline whatever follows are rejected now rather than at their
    deadline.
 
@@ -124,7 +128,8 @@ class Calibration:
         self.window = window
         self.max_age_ms = max_age_ms
         self.ratios = collections.deque(maxlen=window)  # (time ms, observed / profiled)
-        self.scale = 1.0
+        self.scale = 1.0     # the quantile: what deadlines are planned with
+        self.typical = 1.0   # the median: what throughput is estimated with
 
     def observe(self, observed_ms: float, profiled_ms: float, now_ms: float) -> None:
         if profiled_ms > 0 and math.isfinite(observed_ms) and observed_ms >= 0:
@@ -136,8 +141,12 @@ class Calibration:
         while self.ratios and self.ratios[0][0] < now_ms - self.max_age_ms:
             self.ratios.popleft()
         values = sorted([r for _, r in self.ratios] + [1.0] * (self.window - len(self.ratios)))
-        pick = values[min(len(values) - 1, math.ceil(self.quantile * len(values)) - 1)]
-        self.scale = min(max(pick, SCALE_LIMITS[0]), SCALE_LIMITS[1])
+
+        def quantile(q):
+            pick = values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+            return min(max(pick, SCALE_LIMITS[0]), SCALE_LIMITS[1])
+
+        self.scale, self.typical = quantile(self.quantile), quantile(0.5)
 
 
 class Decision(NamedTuple):
@@ -159,12 +168,15 @@ class Policy:
         accuracy: ``{Subnet: top-1 %}`` of every candidate point (static serving: one point, any accuracy).
         margin: relative headroom on every prediction (>= 0).
         calibration: the observed slowdown (a fresh ``Calibration()`` when None).
+        budget_ms: how long a request may take from its arrival; with it, the rate guard (module docstring, rule
+            3) applies whenever ``decide`` is given an arrival rate.
     """
 
     table: LatencyTable
     accuracy: dict
     margin: float = DEFAULT_MARGIN
     calibration: Calibration | None = None
+    budget_ms: float | None = None
 
     def __post_init__(self):
         if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin >= 0):
@@ -185,6 +197,13 @@ class Policy:
         """Expected time of one batch: profiled x observed slowdown x (1 + margin)."""
         return self.table.ms(subnet, batch) * self.calibration.scale * (1.0 + self.margin)
 
+    def capacity(self, subnet) -> float:
+        """Requests per second ``subnet`` sustains: its best batch throughput at the typical observed speed, over the
+        batch sizes whose (calibrated, margined) prediction fits ``budget_ms``."""
+        sizes = [b for b in range(1, self.max_batch + 1)
+                 if self.budget_ms is None or self.predict_ms(subnet, b) <= self.budget_ms]
+        return max((1e3 * b / (self.table.ms(subnet, b) * self.calibration.typical) for b in sizes), default=0.0)
+
     def fastest(self, batch: int) -> Subnet:
         return min(self.points, key=lambda s: self.table.ms(s, batch))
 
@@ -192,8 +211,12 @@ class Policy:
         """Report how long a batch took (feeds the calibration)."""
         self.calibration.observe(observed_ms, self.table.ms(subnet, batch), now_ms)
 
-    def decide(self, now_ms: float, deadlines_ms) -> Decision:
-        """The decision for a queue whose requests (oldest first) must be answered by ``deadlines_ms``."""
+    def decide(self, now_ms: float, deadlines_ms, arrival_rate: float | None = None) -> Decision:
+        """The decision for a queue whose requests (oldest first) must be answered by ``deadlines_ms``.
+
+        Args:
+            arrival_rate: recent requests per second (the rate guard's input; ignored without ``budget_ms``).
+        """
         deadlines = list(deadlines_ms)
         self.calibration.expire(now_ms)
         alone = self.predict_ms(self.fastest(1), 1)
@@ -203,16 +226,25 @@ class Policy:
             return Decision(0, None, 0.0, (), tuple(reject))
         batch, fits = self._largest_batch(now_ms, [deadlines[i] for i in alive])
         left = alive[batch:]
-        subnet = fits[0]
+        subnet = self._choose(fits, batch, arrival_rate)
         if left:
             nxt = min(len(left), self.max_batch)
             need_next = self.predict_ms(self.fastest(nxt), nxt)
             next_slack = min(deadlines[i] for i in left[:nxt]) - now_ms - need_next
             leaves_room = [s for s in fits if self.predict_ms(s, batch) <= next_slack]
-            subnet = leaves_room[0] if leaves_room else min(fits, key=lambda s: self.predict_ms(s, batch))
+            subnet = (self._choose(leaves_room, batch, arrival_rate) if leaves_room
+                      else min(fits, key=lambda s: self.predict_ms(s, batch)))
         took = self.predict_ms(subnet, batch)
         late = [i for i in left if deadlines[i] - (now_ms + took) < alone]
         return Decision(batch, subnet, took, tuple(alive[:batch]), tuple(sorted(reject + late)))
+
+    def _choose(self, candidates: list, batch: int, arrival_rate: float | None) -> Subnet:
+        """The most accurate of ``candidates`` (ordered so), among those that sustain ``arrival_rate`` when the
+        rate guard is on (none does: the one that sustains the most)."""
+        if self.budget_ms is None or not arrival_rate:
+            return candidates[0]
+        steady = [s for s in candidates if self.capacity(s) >= arrival_rate]
+        return steady[0] if steady else max(candidates, key=self.capacity)
 
     def _largest_batch(self, now_ms: float, deadlines: list) -> tuple[int, list]:
         """(largest batch b of the oldest requests that some point finishes in time, those points best first)."""

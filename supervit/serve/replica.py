@@ -48,9 +48,11 @@ class SuperViTReplica:
                    for s, by_batch in config["latency_ms"].items()}
         accuracy = {Subnet.parse(s): a for s, a in config["accuracy"].items()}
         self.accuracy_known = config["accuracy_known"]
+        budget = config["slo_ms"] - config["transit_ms"]
         self.policy = Policy(LatencyTable(latency), accuracy, margin=config["margin"],
-                             calibration=Calibration(config["quantile"], config["window"]))
-        self.batcher = Batcher(self.policy, self._run_batch, config["slo_ms"] - config["transit_ms"])
+                             calibration=Calibration(config["quantile"], config["window"]),
+                             budget_ms=budget if config["rate_guard"] else None)
+        self.batcher = Batcher(self.policy, self._run_batch, budget)
         self.spec = InputSpec(**config["input"])
         self.labels = _labels(self.model.num_classes)
         self.batcher.in_worker(self._warm_up)
@@ -115,7 +117,9 @@ class SuperViTReplica:
                             else None, "latency_ms": {b: self.policy.table.ms(s, b) for b in self.policy.table.batches}}
                            for s in self.policy.points],
                 "policy": {"margin": self.policy.margin, "scale": self.policy.calibration.scale,
-                           "quantile": self.policy.calibration.quantile, "max_batch": self.policy.max_batch},
+                           "typical": self.policy.calibration.typical, "quantile": self.policy.calibration.quantile,
+                           "max_batch": self.policy.max_batch, "rate_guard": self.policy.budget_ms is not None,
+                           "arrival_rate": self.batcher.arrival_rate(now_ms())},
                 "counters": {"answered": counters.answered, "rejected_early": counters.rejected_early,
                              "expired": counters.expired, "failed": counters.failed, "batches": counters.batches,
                              "switches": counters.switches, "by_subnet": dict(counters.by_subnet)},

@@ -199,3 +199,25 @@ def test_saved_profile_a_burst_lowers_the_point_and_batches(saved):
     decision = policy.decide(0.0, queue)
     assert decision.batch > 1 and accuracy[decision.subnet] < accuracy[best]
     assert policy.predict_ms(decision.subnet, decision.batch) <= slack  # and the batch still meets the deadline
+
+
+def test_rate_guard_keeps_to_points_that_sustain_the_arrival_rate():
+    # best throughput within a 100 ms budget: A 4 / 28 ms = 143/s, B 4 / 14 ms = 286/s, C 4 / 5 ms = 800/s
+    policy = hand_policy(budget_ms=100.0)
+    assert policy.capacity(A) == pytest.approx(1e3 * 4 / 28)
+    assert policy.decide(0.0, [100.0], arrival_rate=100.0).subnet == A
+    assert policy.decide(0.0, [100.0], arrival_rate=200.0).subnet == B  # one request, but a burst is arriving
+    assert policy.decide(0.0, [100.0], arrival_rate=500.0).subnet == C
+    assert policy.decide(0.0, [100.0], arrival_rate=5000.0).subnet == C  # none sustains it: the one closest
+    assert hand_policy().decide(0.0, [100.0], arrival_rate=500.0).subnet == A  # no budget: deadlines alone
+
+
+def test_rate_guard_counts_only_batches_that_fit_the_budget_at_the_typical_speed():
+    policy = hand_policy(budget_ms=20.0)  # A: 3 at once (22 ms) no longer fit: 2 / 16 ms = 125/s
+    assert policy.capacity(A) == pytest.approx(125.0)
+    assert policy.decide(0.0, [20.0], arrival_rate=130.0).subnet == B
+    for t in range(32):
+        policy.observe(C, 1, 4.0, now_ms=t)  # twice the profile: typical (median) speed halves the throughput
+    assert policy.calibration.typical == pytest.approx(2.0)
+    # B now predicted at 10, 16, 22 ms for 1, 2, 3 at once: batches of up to 2 fit, 2 / (8 ms x 2) = 125/s
+    assert policy.capacity(B) == pytest.approx(125.0)

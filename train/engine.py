@@ -37,7 +37,7 @@ STEP_HOOKS: list[Callable[[dict], None]] = []
 
 @dataclass
 class Amp:
-    """Autocast settings: fp16 + GradScaler on CUDA, optional bf16 on CPU."""
+    """Autocast settings of a run (``runner.resolve_amp``): the device type and the autocast dtype (None: fp32)."""
 
     device_type: str = "cpu"
     dtype: Optional[torch.dtype] = None  # None: fp32

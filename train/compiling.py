@@ -3,19 +3,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from .cli import UsageError
 
 # Graphs per sub-network a run may need: training, evaluation at the evaluation batch and at a smaller last batch,
 # and the same two for an EMA copy evaluated on its own.
 GRAPH_MODES = 5
-
-
-def check_compile(args, recipe):
-    """UsageError for a combination that would recompile without end."""
-    if getattr(args, "compile", False) and not args.eval and recipe.name == "lvvit" \
-            and not getattr(args, "no_mix_token", False):
-        raise UsageError("--compile with MixToken recompiles the model for every new box (the model's box check "
-                         "specialises on its coordinates); add --no-mix-token or leave --compile out")
 
 
 def compile_module(module: nn.Module, args) -> nn.Module:

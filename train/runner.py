@@ -248,7 +248,6 @@ def _run(args, recipe, info):
                       f" ; to train longer, start a new run with a larger --epochs (the schedule changes with it)")
             return {}
 
-    compiling.check_compile(args, recipe)
     step_model = compiling.compile_module(model, args)  # shares the parameters of ``model``
     eval_models = {id(model): step_model}
     ddp_model = step_model

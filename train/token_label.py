@@ -326,7 +326,8 @@ class TokenLabelTask:
             lam = 1.0 - (h2 - h1) * (w2 - w1) / self.grid ** 2
             if lam < 1.0:
                 cls_target = lam * cls_target + (1.0 - lam) * cls_target.flip(0)
-            kwargs["mix_box"] = box
+            # a tensor: a compiled model then runs every box through one graph
+            kwargs["mix_box"] = torch.tensor(box, dtype=torch.int64, device=images.device)
         return images, (cls_target, dense_target), kwargs
 
     def logits(self, output):

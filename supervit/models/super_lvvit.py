@@ -17,8 +17,20 @@ torch.fx.wrap("guard_traced_args")  # a leaf of FX graphs traced from this modul
 Box = tuple[int, int, int, int]  # (h1, w1, h2, w2) on a patch grid, end-exclusive
 
 
-def mix_region(x: torch.Tensor, box: Box, spatial_dims: tuple[int, int]) -> torch.Tensor:
-    """Copy of ``x`` whose ``box`` region comes from the batch in reverse order (``x.flip(0)``)."""
+def mix_region(x: torch.Tensor, box: Box | torch.Tensor, spatial_dims: tuple[int, int]) -> torch.Tensor:
+    """Copy of ``x`` whose ``box`` region comes from the batch in reverse order (``x.flip(0)``).
+
+    ``box``: (h1, w1, h2, w2) ints, or an int64 tensor [4] (a mask instead of slices: under torch.compile one graph
+    serves every box).
+    """
+    if isinstance(box, torch.Tensor):
+        dim_h, dim_w = spatial_dims
+        rows = torch.arange(x.shape[dim_h], device=x.device)
+        cols = torch.arange(x.shape[dim_w], device=x.device)
+        inside = ((rows >= box[0]) & (rows < box[2]))[:, None] & ((cols >= box[1]) & (cols < box[3]))[None, :]
+        shape = [1] * x.dim()
+        shape[dim_h], shape[dim_w] = x.shape[dim_h], x.shape[dim_w]
+        return torch.where(inside.reshape(shape), x.flip(0), x)
     h1, w1, h2, w2 = box
     index = [slice(None)] * x.dim()
     index[spatial_dims[0]] = slice(h1, h2)
@@ -34,7 +46,13 @@ def _is_int(value) -> bool:
 
 
 def check_box(box, grid: int) -> None:
-    """``box`` = (h1, w1, h2, w2) ints with 0 <= h1 <= h2 <= grid and 0 <= w1 <= w2 <= grid."""
+    """``box`` = (h1, w1, h2, w2) ints (or an integer tensor [4]) with 0 <= h1 <= h2 <= grid and
+    0 <= w1 <= w2 <= grid. A tensor's values are checked in eager mode only (reading them would break a graph)."""
+    if isinstance(box, torch.Tensor):
+        ok = box.shape == (4,) and not box.is_floating_point() and not box.is_complex() and box.dtype != torch.bool
+        if ok and torch.compiler.is_compiling():
+            return
+        box = tuple(box.tolist()) if ok else box
     ok = isinstance(box, (tuple, list)) and len(box) == 4 and all(_is_int(c) for c in box)
     if not ok or not (0 <= box[0] <= box[2] <= grid and 0 <= box[1] <= box[3] <= grid):
         raise ValueError(f"mix_box must be (h1, w1, h2, w2) ints on the {grid}x{grid} grid of the largest size with "
@@ -48,7 +66,8 @@ class SuperLVViT(SuperVisionTransformer):
     training mode ``(cls_logits, aux_logits [B, g*g, K], box)`` at the full sub-network (largest size, keep 1) and
     ``cls_logits`` elsewhere. MixToken (training only): ``mix_box`` = (h1, w1, h2, w2) on the grid of the largest
     size is rescaled to the sub-network's grid; that region of the patch grid is taken from the reversed batch and
-    the aux outputs of the region are flipped back.
+    the aux outputs of the region are flipped back. Under torch.compile pass the box as an int64 tensor [4]: one
+    graph then serves every box (4 ints would specialise the graph on their values).
     """
 
     def __init__(self, aux_weight: float = 0.25, stem_dim: int = 64, **kwargs):

@@ -299,8 +299,14 @@ def check_config(img_sizes, keep_ratios, prune_layers, patch_size, in_chans, num
 
 
 def scaled_box(box, grid: int, ref_grid: int):
-    """Rescale a (h1, w1, h2, w2) box from a ref_grid x ref_grid grid to grid x grid: int(c // (ref/grid))."""
+    """Rescale a (h1, w1, h2, w2) box from a ref_grid x ref_grid grid to grid x grid: int(c // (ref/grid)).
+
+    ``box``: 4 ints (returns a tuple) or an int64 tensor [4] (returns one; Python's float floor division, which
+    torch's ``rounding_mode="floor"`` reproduces, e.g. 14 // 1.4 == 9).
+    """
     factor = ref_grid / grid
+    if isinstance(box, torch.Tensor):
+        return torch.div(box.double(), factor, rounding_mode="floor").long()
     # torch.sym_int is int() for Python numbers; under torch.compile it keeps a changing coordinate symbolic
     # instead of specializing the graph on its value
     return tuple(torch.sym_int(c // factor) for c in box)

@@ -56,3 +56,56 @@ def test_mixtoken_aux_outputs_are_flipped_back():
         _, aux_mixed, _ = model(x, 64, 1.0, mix_box=(0, 0, 8, 8))
         _, aux_plain, _ = model(x.flip(0), 64, 1.0)
     assert torch.allclose(aux_mixed, aux_plain.flip(0), atol=1e-5)
+
+
+def test_tensor_box_equals_tuple_box_and_rescales_like_python():
+    model = tiny_lvvit().train()
+    x = torch.randn(4, 3, 64, 64)
+    for box in [(1, 2, 5, 7), (0, 0, 8, 8), (3, 3, 3, 6)]:
+        torch.manual_seed(1)
+        cls_t, aux_t, box_t = model(x, 64, 1.0, mix_box=box)
+        torch.manual_seed(1)
+        cls_x, aux_x, box_x = model(x, 64, 1.0, mix_box=torch.tensor(box))
+        assert torch.equal(cls_t, cls_x) and torch.equal(aux_t, aux_x) and tuple(box_x.tolist()) == box_t
+        torch.manual_seed(1)
+        small = model(x, 48, 0.7, mix_box=box)
+        torch.manual_seed(1)
+        assert torch.equal(small, model(x, 48, 0.7, mix_box=torch.tensor(box)))
+    for grid in (8, 10, 12, 14):  # Python's float floor division (14 // 1.4 == 9), coordinate by coordinate
+        for c in range(15):
+            assert scaled_box(torch.tensor([c, 0, c, 14]), grid, 14).tolist() == list(scaled_box((c, 0, c, 14), grid,
+                                                                                                  14))
+
+
+def test_compiled_model_runs_every_tensor_box_through_one_graph():
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    model = tiny_lvvit().train()
+    compiled = torch.compile(model, backend=counting_backend, fullgraph=True)
+    x = torch.randn(4, 3, 64, 64)
+    try:
+        for box in [(1, 2, 5, 7), (0, 0, 8, 8), (0, 1, 1, 8), (2, 0, 6, 3), (4, 4, 4, 4)]:
+            torch.manual_seed(2)
+            want = model(x, 64, 1.0, mix_box=box)
+            torch.manual_seed(2)
+            got = compiled(x, 64, 1.0, mix_box=torch.tensor(box))
+            assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(want[:2], got[:2]))
+        assert len(graphs) == 1, f"{len(graphs)} graphs for 5 boxes"
+    finally:
+        torch._dynamo.reset()
+
+
+def test_tensor_box_checked_in_eager_mode():
+    import pytest
+
+    model = tiny_lvvit().train()
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="mix_box must be"):
+        model(x, 64, 1.0, mix_box=torch.tensor([0, 0, 9, 2]))
+    with pytest.raises(ValueError, match="mix_box must be"):
+        model(x, 64, 1.0, mix_box=torch.tensor([0.0, 0.0, 2.0, 2.0]))

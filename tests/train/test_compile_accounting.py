@@ -148,11 +148,18 @@ def test_compiled_run_equals_eager_run_and_logs_its_accounting(tmp_path, capsys,
     assert "img/s | data" in line and "fwd+bwd" in line
 
 
-def test_compile_with_mixtoken_is_refused(tmp_path):
-    data = write_image_folder(tmp_path / "imagenet", per_class=1)
-    with pytest.raises(UsageError, match="--compile with MixToken recompiles"):
-        main_lvvit.main([data, "--num-classes", str(len(CLASSES)), "--model-kwargs", as_json(TINY_LVVIT_MODEL),
-                         "--compile", "-b", "2", "--epochs", "1", "-j", "0", "--device", "cpu", "--no-progress"])
+def test_compiled_lvvit_with_mixtoken_equals_eager(tmp_path, fresh_dynamo):
+    data = write_image_folder(tmp_path / "imagenet", per_class=2)
+    argv = [data, "--num-classes", str(len(CLASSES)), "--model-kwargs", as_json(TINY_LVVIT_MODEL), "-b", "2",
+            "--epochs", "1", "-j", "0", "--device", "cpu", "--threads", "1", "--no-progress", "--aa", "none",
+            "--reprob", "0", "--subnets", "80:1,80:0.5,32:1"]
+    eager = main_lvvit.main(argv + ["--output", str(tmp_path / "eager")])
+    compiled = main_lvvit.main(argv + ["--output", str(tmp_path / "compiled"), "--compile", "--compile-backend",
+                                       "aot_eager"])
+    records = [json.loads(line) for line in open(tmp_path / "compiled" / "log.jsonl")]
+    eager_records = [json.loads(line) for line in open(tmp_path / "eager" / "log.jsonl")]
+    assert records[0]["train_loss"] == pytest.approx(eager_records[0]["train_loss"], rel=1e-4)
+    assert compiled["80_1_acc1"] == pytest.approx(eager["80_1_acc1"]) and records[0]["train_steps"] == 3
 
 
 def test_peak_table_and_step_clock():

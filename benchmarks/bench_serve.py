@@ -70,7 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup-requests", type=int, default=20)
     p.add_argument("--repeats", type=int, default=1, help="runs of every mode; the order rotates between repeats")
     p.add_argument("--modes", default="all", help="'all' (adaptive, adaptive without its rate guard "
-                   "('deadline-only') and every static point) or a comma list of those names and SIZE:KEEP")
+                   "('deadline-only') and every static point) or a comma list of those names (adaptive and "
+                   "deadline-only optionally with @MARGIN, e.g. adaptive@0.25) and SIZE:KEEP")
+    p.add_argument("--extra-modes", default="", help="modes run besides --modes (e.g. adaptive@0.25)")
     p.add_argument("--switch-rounds", type=int, default=15, help="interleaved rounds of the switching-cost "
                    "measurement (0: skip it)")
     p.add_argument("--switch-batches", default="1,4", help="batch sizes of the switching-cost measurement")
@@ -169,9 +171,15 @@ def server_args(args, mode: str, profile: str) -> list[str]:
                         ("--std", args.std)):
         if value is not None:
             out += [flag, str(value)]
-    if mode in ADAPTIVE_MODES:
-        return out + ["--mode", "adaptive"] + (["--no-rate-guard"] if mode == "deadline-only" else [])
+    if is_adaptive(mode):  # "adaptive" or "deadline-only", optionally "@MARGIN"
+        kind, _, margin = mode.partition("@")
+        return (out + ["--mode", "adaptive"] + (["--no-rate-guard"] if kind == "deadline-only" else [])
+                + (["--margin", margin] if margin else []))
     return out + ["--mode", "static", "--subnet", mode]
+
+
+def is_adaptive(mode: str) -> bool:
+    return mode.partition("@")[0] in ADAPTIVE_MODES
 
 
 def run_once(args, mode: str, profile: str, trace_path: str, bodies_path: str, bodies: list[bytes],
@@ -324,7 +332,7 @@ def plot(path: str, runs: dict, order: list[str], accuracy: dict, args, title: s
         records = runs[mode]
         ok = [r for r in records if r["status"] == 200]
         bad = [r for r in records if r["status"] != 200]
-        label = mode if mode in ADAPTIVE_MODES else f"static {mode}"
+        label = mode if is_adaptive(mode) else f"static {mode}"
         top.scatter([r["sent_s"] for r in ok], [r["latency_ms"] for r in ok], s=6, color=colours[mode],
                     label=f"{label} (200)")
         top.scatter([r["sent_s"] for r in bad], [r["latency_ms"] for r in bad], s=14, marker="x",
@@ -374,6 +382,7 @@ def main(argv=None) -> int:
                                              f"{r['ci_high']:.3f}]" for r in rows), flush=True)
     del source
     modes = [*ADAPTIVE_MODES, *points] if args.modes == "all" else [m.strip() for m in args.modes.split(",")]
+    modes += [m.strip() for m in args.extra_modes.split(",") if m.strip()]
     os.makedirs(out, exist_ok=True)
     profile = args.profile or os.path.join(out, "serve_profiles.json")
     work = tempfile.mkdtemp(prefix=f"bench_serve_{tag}_")
@@ -393,8 +402,8 @@ def main(argv=None) -> int:
         shift = repeat % len(modes)
         for mode in modes[shift:] + modes[:shift]:
             records, info, loads = run_once(args, mode, profile, trace_path, bodies_path, bodies, work)
-            row = {"model": tag, "mode": mode if mode in ADAPTIVE_MODES else "static",
-                   "subnet": "" if mode in ADAPTIVE_MODES else mode, "repeat": repeat, "slo_ms": args.slo_ms,
+            row = {"model": tag, "mode": mode if is_adaptive(mode) else "static",
+                   "subnet": "" if is_adaptive(mode) else mode, "repeat": repeat, "slo_ms": args.slo_ms,
                    **summarize_run(records, info, args.slo_ms, args.duration_s), **loads}
             rows.append(row)
             runs.setdefault(mode, records)
@@ -403,7 +412,7 @@ def main(argv=None) -> int:
                   f"503 {row['rejected_pct']:.1f} %, RSS {row['rss_mb']:.0f} MiB, load {loads['load_before']}",
                   flush=True)
     harness.write_rows(rows, out, f"serve_{tag}", SUMMARY_COLUMNS)
-    best = max((m for m in modes if m not in ADAPTIVE_MODES), key=lambda m: accuracy[m], default=None)
+    best = max((m for m in modes if not is_adaptive(m)), key=lambda m: accuracy[m], default=None)
     shown = [m for m in (*ADAPTIVE_MODES, best) if m in runs]
     write_requests(os.path.join(out, f"serve_{tag}_requests.csv"), {m: runs[m] for m in shown})
     cond = harness.conditions("cpu", batch=None, mode="eager")

@@ -7,35 +7,52 @@ from .selector import pareto_front
 
 # label offsets tried in turn (points): right, left, above, below, then the diagonals and farther out
 _OFFSETS = [(5, -3), (-5, -3), (0, 6), (0, -11), (5, 5), (-5, 5), (5, -11), (-5, -11), (12, -3), (-12, -3),
-            (0, 14), (0, -19), (12, 10), (-12, 10), (12, -16), (-12, -16)]
+            (0, 14), (0, -19), (12, 10), (-12, 10), (12, -16), (-12, -16), (20, 16), (-20, 16), (20, -22),
+            (-20, -22)]
+
+
+def _annotate(ax, text, x, y, dx, dy):
+    """A label at (dx, dy) points from (x, y); one placed farther out gets a thin leader line to its point."""
+    far = abs(dx) > 6 or abs(dy) > 11
+    return ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                       ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                       va="bottom" if dy > 0 else "top" if dy < -5 else "center",
+                       arrowprops=dict(arrowstyle="-", lw=0.4, color="0.45", shrinkA=0, shrinkB=3) if far else None)
 
 
 def _label_points(ax, xs, ys, labels) -> None:
     """Annotate each (x, y) with its label at the first offset where the text overlaps no earlier label, no marker
-    and not the legend; a label that fits nowhere is drawn small beside its point."""
+    and not the legend, inside the axes; where none is free, at the offset that overlaps the fewest."""
+    from matplotlib.text import Text
+
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     markers = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]  # display coordinates
     legend = ax.get_legend()
     placed = [legend.get_window_extent(renderer)] if legend is not None else []
+
+    def clashes(box) -> int:
+        hits = sum(box.overlaps(other) for other in placed)
+        hits += sum(box.x0 - 3 <= mx <= box.x1 + 3 and box.y0 - 3 <= my <= box.y1 + 3 for mx, my in markers)
+        return hits + (0 if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) else 100)
+
     for x, y, text in sorted(zip(xs, ys, labels), key=lambda p: (-p[1], p[0])):  # top first
+        best = None
         for dx, dy in _OFFSETS:
-            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
-            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, ha=ha,
-                               va="bottom" if dy > 0 else "top" if dy < -5 else "center")
-            box = note.get_window_extent(renderer).expanded(1.05, 1.1)
-            clear = not any(box.overlaps(other) for other in placed) and not any(
-                box.x0 - 3 <= mx <= box.x1 + 3 and box.y0 - 3 <= my <= box.y1 + 3 for mx, my in markers)
-            inside = ax.get_window_extent(renderer).contains(box.x0, box.y0) and \
-                ax.get_window_extent(renderer).contains(box.x1, box.y1)
-            if clear and inside:
-                placed.append(box)
-                break
+            note = _annotate(ax, text, x, y, dx, dy)
+            note.update_positions(renderer)
+            box = Text.get_window_extent(note, renderer).expanded(1.05, 1.1)  # the text, not its leader line
             note.remove()
-        else:
-            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, -3), fontsize=5, alpha=0.7)
-            placed.append(note.get_window_extent(renderer))
+            count = clashes(box)
+            if best is None or count < best[0]:
+                best = (count, dx, dy, box)
+            if count == 0:
+                break
+        _, dx, dy, box = best
+        _annotate(ax, text, x, y, dx, dy)
+        placed.append(box)
 
 
 def _panel(ax, points, cost, xlabel, chosen=None, budget=None, cascade=None, fitted=None):

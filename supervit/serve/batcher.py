@@ -155,7 +155,7 @@ class Batcher:
                     r.future.set_exception(RequestError(500, f"the forward failed: {type(err).__name__}: {err}"))
             return
         service_ms = now_ms() - start
-        self.policy.observe(decision.subnet, len(batch), service_ms, now_ms())
+        self.policy.observe(decision.subnet, len(batch), compute_ms, now_ms(), overhead_ms=service_ms - compute_ms)
         record = BatchRecord(next(self._ids), decision.subnet, len(batch), start, compute_ms, service_ms,
                              decision.predicted_ms)
         counters = self.counters

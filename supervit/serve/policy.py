@@ -5,7 +5,9 @@ Pure Python (no torch): times are milliseconds on the caller's monotonic clock.
 The rule, applied each time the model is free and requests are queued (oldest first):
 
 1. A request that cannot be answered in time even alone on the fastest point is rejected at once (a prompt 503
-   lets its client retry elsewhere instead of waiting for a certain miss).
+   lets its client retry elsewhere instead of waiting for a certain miss). Exception, the probe: when every
+   request looks hopeless only because of the observed slowdown and no batch ran for ``PROBE_AFTER_MS``, the
+   oldest runs alone on the fastest point, so that a server slowed by a busy spell learns that it is over.
 2. The batch is as many of the oldest requests as some point can finish before the earliest deadline among them
    (at most ``max_batch``, the largest profiled batch size); queued requests are all served as soon as possible.
 3. Among the points that fit, the most accurate one, provided that the requests left behind can still be served
@@ -19,8 +21,8 @@ The rule, applied each time the model is free and requests are queued (oldest fi
    deadline.
 
 Predicted latency = profiled latency at that batch size (linear between profiled sizes) x the slowdown the server
-observes (``Calibration``: a high quantile of observed / profiled over recent batches, the profile itself until
-enough batches ran) x (1 + ``margin``).
+observes (``Calibration``: a high quantile of forward / profiled over recent batches, the profile itself until
+enough batches ran) x (1 + ``margin``) + the observed time around the forward (same quantile).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from supervit.models import Subnet
 DEFAULT_MARGIN = 0.1          # headroom on top of the calibrated prediction (jitter between batches)
 DEFAULT_QUANTILE = 0.9        # which quantile of recent observed / profiled ratios the predictions scale by
 DEFAULT_WINDOW = 32           # how many recent batches the calibration remembers
-DEFAULT_MAX_AGE_MS = 30_000   # and for how long
+DEFAULT_MAX_AGE_MS = 10_000   # and for how long
+PROBE_AFTER_MS = 1000.0       # with every request judged hopeless and no batch for this long: run one anyway
 SCALE_LIMITS = (0.5, 20.0)    # a calibrated scale outside these is clipped (a stray measurement cannot run away)
 
 
@@ -106,14 +109,15 @@ def latency_from_profiles(profiles, subnets=None) -> dict:
 
 
 class Calibration:
-    """How much slower (or faster) than profiled the server's batches run: a quantile of recent ratios.
+    """How the server's batches compare with the profile: a quantile of recent slowdowns and overheads.
 
-    Each finished batch reports (observed ms, profiled ms). ``scale`` is the ``quantile`` of the last ``window``
-    ratios, the window topped up with the profile's own ratio 1.0 while it holds fewer (at start, and after
-    ratios older than ``max_age_ms`` are dropped), clipped to ``SCALE_LIMITS``. So a single slow batch moves
-    nothing (a 0.9 quantile needs a tenth of the window to be slow), and a scale raised by a busy spell returns to
-    the profile when no batch has confirmed it for ``max_age_ms``: a server that rejects everything (and so runs no
-    batch) cannot stay stuck.
+    Each finished batch reports its forward time, the profile's time for it, and the time around the forward
+    (stacking the inputs, handing the batch to the worker thread and back through a busy event loop). ``scale`` is
+    the ``quantile`` of the last ``window`` forward / profiled ratios and ``overhead_ms`` that of the overheads; the
+    window is topped up with the profile's own values (ratio 1, overhead 0) while it holds fewer (at start, and
+    after entries older than ``max_age_ms`` are dropped); the scale is clipped to ``SCALE_LIMITS``. So a single
+    slow batch moves nothing (a 0.9 quantile needs a tenth of the window to be slow), and what a busy spell taught
+    fades when no batch confirms it. ``typical`` and ``typical_overhead_ms`` are the medians (throughput estimates).
     """
 
     def __init__(self, quantile: float = DEFAULT_QUANTILE, window: int = DEFAULT_WINDOW,
@@ -127,26 +131,34 @@ class Calibration:
         self.quantile = quantile
         self.window = window
         self.max_age_ms = max_age_ms
-        self.ratios = collections.deque(maxlen=window)  # (time ms, observed / profiled)
-        self.scale = 1.0     # the quantile: what deadlines are planned with
-        self.typical = 1.0   # the median: what throughput is estimated with
+        self.entries = collections.deque(maxlen=window)  # (time ms, forward / profiled, overhead ms)
+        self.last_ms: float | None = None  # when the last batch was reported
+        self.scale = self.typical = 1.0    # quantile and median of the ratios
+        self.overhead_ms = self.typical_overhead_ms = 0.0
 
-    def observe(self, observed_ms: float, profiled_ms: float, now_ms: float) -> None:
+    def observe(self, observed_ms: float, profiled_ms: float, now_ms: float, overhead_ms: float = 0.0) -> None:
+        """Report one batch: its forward took ``observed_ms`` where the profile says ``profiled_ms``, and
+        ``overhead_ms`` more passed around the forward."""
         if profiled_ms > 0 and math.isfinite(observed_ms) and observed_ms >= 0:
-            self.ratios.append((now_ms, observed_ms / profiled_ms))
+            overhead = overhead_ms if math.isfinite(overhead_ms) and overhead_ms > 0 else 0.0
+            self.entries.append((now_ms, observed_ms / profiled_ms, overhead))
+            self.last_ms = now_ms
         self.expire(now_ms)
 
     def expire(self, now_ms: float) -> None:
-        """Drop ratios older than ``max_age_ms`` and recompute ``scale``."""
-        while self.ratios and self.ratios[0][0] < now_ms - self.max_age_ms:
-            self.ratios.popleft()
-        values = sorted([r for _, r in self.ratios] + [1.0] * (self.window - len(self.ratios)))
+        """Drop entries older than ``max_age_ms`` and recompute the quantiles."""
+        while self.entries and self.entries[0][0] < now_ms - self.max_age_ms:
+            self.entries.popleft()
+        missing = self.window - len(self.entries)
+        ratios = sorted([r for _, r, _ in self.entries] + [1.0] * missing)
+        overheads = sorted([o for _, _, o in self.entries] + [0.0] * missing)
 
-        def quantile(q):
-            pick = values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
-            return min(max(pick, SCALE_LIMITS[0]), SCALE_LIMITS[1])
+        def pick(values, q):
+            return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
-        self.scale, self.typical = quantile(self.quantile), quantile(0.5)
+        self.scale = min(max(pick(ratios, self.quantile), SCALE_LIMITS[0]), SCALE_LIMITS[1])
+        self.typical = min(max(pick(ratios, 0.5), SCALE_LIMITS[0]), SCALE_LIMITS[1])
+        self.overhead_ms, self.typical_overhead_ms = pick(overheads, self.quantile), pick(overheads, 0.5)
 
 
 class Decision(NamedTuple):
@@ -194,22 +206,25 @@ class Policy:
         return self.table.max_batch
 
     def predict_ms(self, subnet, batch: int) -> float:
-        """Expected time of one batch: profiled x observed slowdown x (1 + margin)."""
-        return self.table.ms(subnet, batch) * self.calibration.scale * (1.0 + self.margin)
+        """Expected time of one batch: profiled x observed slowdown x (1 + margin) + observed overhead."""
+        calibration = self.calibration
+        return self.table.ms(subnet, batch) * calibration.scale * (1.0 + self.margin) + calibration.overhead_ms
 
     def capacity(self, subnet) -> float:
         """Requests per second ``subnet`` sustains: its best batch throughput at the typical observed speed, over the
         batch sizes whose (calibrated, margined) prediction fits ``budget_ms``."""
         sizes = [b for b in range(1, self.max_batch + 1)
                  if self.budget_ms is None or self.predict_ms(subnet, b) <= self.budget_ms]
-        return max((1e3 * b / (self.table.ms(subnet, b) * self.calibration.typical) for b in sizes), default=0.0)
+        calibration = self.calibration
+        return max((1e3 * b / (self.table.ms(subnet, b) * calibration.typical + calibration.typical_overhead_ms)
+                    for b in sizes), default=0.0)
 
     def fastest(self, batch: int) -> Subnet:
         return min(self.points, key=lambda s: self.table.ms(s, batch))
 
-    def observe(self, subnet, batch: int, observed_ms: float, now_ms: float) -> None:
-        """Report how long a batch took (feeds the calibration)."""
-        self.calibration.observe(observed_ms, self.table.ms(subnet, batch), now_ms)
+    def observe(self, subnet, batch: int, observed_ms: float, now_ms: float, overhead_ms: float = 0.0) -> None:
+        """Report how long a batch's forward took, and the time around it (feeds the calibration)."""
+        self.calibration.observe(observed_ms, self.table.ms(subnet, batch), now_ms, overhead_ms)
 
     def decide(self, now_ms: float, deadlines_ms, arrival_rate: float | None = None) -> Decision:
         """The decision for a queue whose requests (oldest first) must be answered by ``deadlines_ms``.
@@ -223,6 +238,9 @@ class Policy:
         reject = [i for i, d in enumerate(deadlines) if d - now_ms < alone]
         alive = [i for i, d in enumerate(deadlines) if d - now_ms >= alone]
         if not alive:
+            if deadlines and self._probe_due(now_ms, deadlines[0]):
+                probe = self.fastest(1)
+                return Decision(1, probe, alone, (0,), tuple(range(1, len(deadlines))))
             return Decision(0, None, 0.0, (), tuple(reject))
         batch, fits = self._largest_batch(now_ms, [deadlines[i] for i in alive])
         left = alive[batch:]
@@ -237,6 +255,14 @@ class Policy:
         took = self.predict_ms(subnet, batch)
         late = [i for i in left if deadlines[i] - (now_ms + took) < alone]
         return Decision(batch, subnet, took, tuple(alive[:batch]), tuple(sorted(reject + late)))
+
+    def _probe_due(self, now_ms: float, deadline_ms: float) -> bool:
+        """Whether to run the oldest request although the calibration judges it hopeless: no batch has been reported
+        for ``PROBE_AFTER_MS`` (so the calibration cannot learn that the server got faster again) and the profile
+        itself, with the margin, says it fits."""
+        last = self.calibration.last_ms
+        quiet = last is None or now_ms - last >= PROBE_AFTER_MS
+        return quiet and deadline_ms - now_ms >= self.table.ms(self.fastest(1), 1) * (1.0 + self.margin)
 
     def _choose(self, candidates: list, batch: int, arrival_rate: float | None) -> Subnet:
         """The most accurate of ``candidates`` (ordered so), among those that sustain ``arrival_rate`` when the

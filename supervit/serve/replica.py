@@ -110,15 +110,17 @@ class SuperViTReplica:
                           "predicted_ms": round(batch.predicted_ms, 3)}}
 
     def info(self) -> dict:
-        counters = self.batcher.counters
+        counters, policy = self.batcher.counters, self.policy
+        calibration = policy.calibration
         return {"model": self.config["name"], "mode": self.config["mode"], "slo_ms": self.config["slo_ms"],
                 "transit_ms": self.config["transit_ms"], "accuracy_table": self.config["accuracy_label"],
-                "points": [{"subnet": str(s), "expected_top1": self.policy.accuracy[s] if self.accuracy_known
-                            else None, "latency_ms": {b: self.policy.table.ms(s, b) for b in self.policy.table.batches}}
+                "points": [{"subnet": str(s),
+                            "expected_top1": self.policy.accuracy[s] if self.accuracy_known else None,
+                            "latency_ms": {b: self.policy.table.ms(s, b) for b in self.policy.table.batches}}
                            for s in self.policy.points],
-                "policy": {"margin": self.policy.margin, "scale": self.policy.calibration.scale,
-                           "typical": self.policy.calibration.typical, "quantile": self.policy.calibration.quantile,
-                           "max_batch": self.policy.max_batch, "rate_guard": self.policy.budget_ms is not None,
+                "policy": {"margin": policy.margin, "scale": calibration.scale, "typical": calibration.typical,
+                           "overhead_ms": calibration.overhead_ms, "quantile": calibration.quantile,
+                           "max_batch": policy.max_batch, "rate_guard": policy.budget_ms is not None,
                            "arrival_rate": self.batcher.arrival_rate(now_ms())},
                 "counters": {"answered": counters.answered, "rejected_early": counters.rejected_early,
                              "expired": counters.expired, "failed": counters.failed, "batches": counters.batches,

@@ -223,3 +223,25 @@ def test_rate_guard_counts_only_batches_that_fit_the_budget_at_the_typical_speed
     assert policy.calibration.typical == pytest.approx(2.0)
     # B now predicted at 10, 16, 22 ms for 1, 2, 3 at once: batches of up to 2 fit, 2 / (8 ms x 2) = 125/s
     assert policy.capacity(B) == pytest.approx(125.0)
+
+
+def test_time_around_the_forward_is_added_to_every_prediction():
+    policy = hand_policy(calibration=Calibration(quantile=0.9, window=4))
+    for t in range(4):
+        policy.observe(A, 1, 10.0, now_ms=t, overhead_ms=3.0)  # the forward as profiled, 3 ms around it
+    assert policy.calibration.scale == pytest.approx(1.0) and policy.calibration.overhead_ms == pytest.approx(3.0)
+    assert policy.predict_ms(B, 2) == pytest.approx(8.0 + 3.0)
+    assert policy.decide(10.0, [10.0 + 12.0]).subnet == B  # A would take 13 ms now
+
+
+def test_a_probe_runs_when_everything_looks_hopeless_for_a_second():
+    policy = hand_policy(calibration=Calibration(quantile=0.9, window=4, max_age_ms=60_000.0))
+    for t in range(4):
+        policy.observe(C, 1, 40.0, now_ms=t)  # a busy spell: 20x the profile
+    decision = policy.decide(500.0, [500.0 + 30.0, 500.0 + 31.0])  # C alone predicted at 40 ms > 30
+    assert decision.batch == 0 and decision.reject == (0, 1)  # no batch for only 0.5 s: no probe yet
+    decision = policy.decide(1003.0, [1003.0 + 30.0, 1003.0 + 31.0])
+    assert (decision.batch, decision.subnet, decision.run, decision.reject) == (1, C, (0,), (1,))
+    assert policy.decide(1003.0, [1003.0 + 1.5]).batch == 0  # not even the profile fits: no probe
+    policy.observe(C, 1, 2.0, now_ms=1010.0)  # the probe ran as profiled
+    assert policy.calibration.last_ms == 1010.0

@@ -5,6 +5,7 @@ A user error prints one line and exits with code 2.
 """
 from __future__ import annotations
 
+import _thread
 import argparse
 import os
 import signal
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's own)")
     server.add_argument("--seed", type=int, default=0, help="seed of the random weights of a model without a "
                         "checkpoint")
+    server.add_argument("--startup-timeout", type=float, default=300.0, help="give up (exit code 1, Ray shut down) "
+                        "when the server is not serving this many seconds after Ray starts (profiling comes before)")
     server.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run "
                         "until Ctrl-C or SIGTERM)")
     prof = parser.add_argument_group("latency profiles (python -m supervit.deploy profile, one per batch size)")
@@ -161,6 +164,8 @@ def check_args(args) -> None:
         raise ValueError(f"--calibration-window must be >= 1, got {args.calibration_window}")
     if not args.max_body_mb > 0:
         raise ValueError(f"--max-body-mb must be > 0, got {args.max_body_mb:g}")
+    if not args.startup_timeout > 0:
+        raise ValueError(f"--startup-timeout must be > 0 seconds, got {args.startup_timeout:g}")
     if args.duration is not None and not args.duration > 0:
         raise ValueError(f"--duration must be > 0 seconds, got {args.duration:g}")
     if args.rounds < 1 or args.warmup < 0:
@@ -169,37 +174,61 @@ def check_args(args) -> None:
         args.threads = max(1, (os.cpu_count() or 1) // args.replicas)
 
 
-def serve(args) -> int:
-    """Prepare the replicas' settings, run the server until stopped, shut everything down."""
+def prepare(args) -> tuple[dict, int]:
+    """(the replicas' settings, the port to listen on): the model checked and profiled, before Ray starts."""
+    # before torch loads (here and in Ray's workers, which inherit the environment): idle OpenMP threads that spin
+    # steal the cores of the proxy, the other replicas and everything else on the machine
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from supervit import deploy
 
-    from .server import check_port, running
+    from .app import replica_config
+    from .server import check_port
 
     if args.profile_file is None:
         args.profile_file = deploy.default_profile_file()
     port = check_port(args.host, args.port)
-    config = _replica_config(args)
+    config = replica_config(args, log=lambda line: print(f"supervit.serve: {line}", file=sys.stderr, flush=True))
+    return config, port
+
+
+def serve(args, config: dict, port: int) -> int:
+    """Run the server until Ctrl-C, SIGTERM or --duration; shut Serve and Ray down. Exit code 1 when it did not
+    start within --startup-timeout (or was interrupted while starting)."""
+    from .server import running
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with running(config, args.host, port, args.replicas):
-        print(f"supervit.serve: {config['name']} ({args.mode}"
-              + (f" {args.subnet}" if args.mode == "static" else f", {len(config['latency_ms'])} points")
-              + f", SLO {args.slo_ms:g} ms, {args.replicas} replica(s) x {args.threads} thread(s)) at "
-              f"http://{args.host}:{port}/ - Ctrl-C stops", flush=True)
-        end = None if args.duration is None else time.monotonic() + args.duration
-        while not stop.wait(0.2):
-            if end is not None and time.monotonic() >= end:
-                break
-        print("supervit.serve: stopping", flush=True)
+    signal.signal(signal.SIGTERM, interrupt)  # while starting: unwind (and so stop Ray) as Ctrl-C does
+    timer = threading.Timer(args.startup_timeout, _thread.interrupt_main)
+    timer.daemon = True
+    timer.start()
+    started = False
+    try:
+        with running(config, args.host, port, args.replicas):
+            timer.cancel()
+            started = True
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            print(f"supervit.serve: {config['name']} ({args.mode}"
+                  + (f" {args.subnet}" if args.mode == "static" else f", {len(config['latency_ms'])} points")
+                  + f", SLO {args.slo_ms:g} ms, {args.replicas} replica(s) x {args.threads} thread(s)) at "
+                  f"http://{args.host}:{port}/ - Ctrl-C stops", flush=True)
+            end = None if args.duration is None else time.monotonic() + args.duration
+            while not stop.wait(0.2):
+                if end is not None and time.monotonic() >= end:
+                    break
+            print("supervit.serve: stopping", flush=True)
+    except KeyboardInterrupt:
+        if started:
+            raise
+        timer.cancel()
+        print(f"supervit.serve: error: the server did not start within --startup-timeout {args.startup_timeout:g} s "
+              "(or was interrupted while starting); Ray was shut down", file=sys.stderr, flush=True)
+        return 1
     print("supervit.serve: stopped", flush=True)
     return 0
-
-
-def _replica_config(args) -> dict:
-    from .app import replica_config
-
-    return replica_config(args, log=lambda line: print(f"supervit.serve: {line}", file=sys.stderr, flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,10 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_args(args)
-        return serve(args)
+        config, port = prepare(args)
     except ValueError as err:  # DeployError, SubnetError, PolicyError are ValueErrors
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    return serve(args, config, port)
 
 
 if __name__ == "__main__":

@@ -68,3 +68,24 @@ def test_model_errors_name_the_argument(tmp_path):
     assert done.returncode == 2 and "needs accuracy numbers" in done.stderr, done.stderr
     done = run_cli("--checkpoint", no_table, "--mode", "static", "--subnet", "20:1")
     assert done.returncode == 2 and "--subnet" in done.stderr and "128:1" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_a_start_that_overruns_its_timeout_stops_ray_and_exits_1(tmp_path):
+    from serve_helpers import descendants
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    proc = subprocess.Popen([sys.executable, "-m", "supervit.serve", "--checkpoint", checkpoint, "--port", "0",
+                             "--threads", "1", "--batch-sizes", "1,2", "--rounds", "1", "--warmup", "0",
+                             "--no-progress", "--profile", str(tmp_path / "profiles.json"), "--startup-timeout", "6"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = set()
+    while proc.poll() is None:  # collect Ray's processes while they live
+        seen.update(descendants(proc.pid))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "did not start within --startup-timeout 6 s" in err
+    assert {"gcs_server", "raylet"} & {name for _, name in seen}, seen  # Ray had started
+    from serve_helpers import alive
+
+    assert [(pid, name) for pid, name in seen if alive(pid)] == []

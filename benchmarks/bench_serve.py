@@ -186,7 +186,11 @@ def run_once(args, mode: str, profile: str, trace_path: str, bodies_path: str, b
              work: str) -> tuple[list[dict], dict, dict]:
     """(request records, the replica's /info after the trace, load averages) of one server run."""
     name = mode.replace(":", "_")
-    server = Server(server_args(args, mode, profile), os.path.join(work, f"server_{name}.log"))
+    try:
+        server = Server(server_args(args, mode, profile), os.path.join(work, f"server_{name}.log"))
+    except RuntimeError as err:  # e.g. the port was taken meanwhile: one more try
+        print(f"{mode}: {err}; starting it again", flush=True)
+        server = Server(server_args(args, mode, profile), os.path.join(work, f"server_{name}_retry.log"))
     try:
         for i in range(args.warmup_requests):  # warm-up, not counted: first calls, the calibration's window
             server.post(bodies[i % len(bodies)])
@@ -407,6 +411,7 @@ def main(argv=None) -> int:
                    **summarize_run(records, info, args.slo_ms, args.duration_s), **loads}
             rows.append(row)
             runs.setdefault(mode, records)
+            harness.write_rows(rows, out, f"serve_{tag}", SUMMARY_COLUMNS)  # a crash keeps the finished runs
             print(f"{mode:>9}: SLO met {row['slo_attainment_pct']:5.1f} %, p50 {row['p50_ms']:7.1f} ms, p99 "
                   f"{row['p99_ms']:7.1f} ms, expected top-1 {row['mean_expected_top1'] or float('nan'):.2f}, "
                   f"503 {row['rejected_pct']:.1f} %, RSS {row['rss_mb']:.0f} MiB, load {loads['load_before']}",

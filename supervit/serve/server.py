@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -16,14 +17,30 @@ MAX_ONGOING = 100_000   # the proxy hands every request to a replica at once: th
 
 
 def check_port(host: str, port: int) -> int:
-    """``port`` if it can be bound on ``host`` (a free one when 0); ``ValueError`` naming --host/--port otherwise."""
+    """``port`` if it can be bound on ``host``; ``ValueError`` naming --host/--port otherwise.
+
+    Port 0 picks a free port below the usual ephemeral range (32768 and up): the port stays unbound until Ray's
+    proxy binds it seconds later, and an ephemeral port could meanwhile become the local end of one of Ray's own
+    connections.
+    """
+    if port == 0:
+        for candidate in random.Random().sample(range(20000, 32768), 64):
+            try:
+                return _bindable(host, candidate)
+            except OSError:
+                continue
+        raise ValueError(f"--port 0: no free port found on {host} between 20000 and 32767; give one with --port")
     try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server will: closed
-            sock.bind((host, port))                                      # connections of a previous run may linger
-            return sock.getsockname()[1]
+        return _bindable(host, port)
     except OSError as err:
         raise ValueError(f"--host {host} --port {port} cannot be used: {err.strerror}") from None
+
+
+def _bindable(host: str, port: int) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server will: closed connections
+        sock.bind((host, port))                                      # of a previous run may linger
+        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ class DeployError(ValueError):
 _EXPORTS = {
     "Source": "source", "load_source": "source", "require_table": "source", "model_gmacs": "source",
     "profile_model": "profile", "profile_key": "profile", "read_profiles": "profile", "save_profile": "profile",
-    "find_profile": "profile", "default_profile_file": "options",
+    "find_profile": "profile", "unsound_reason": "profile", "default_profile_file": "options",
     "operating_points": "selector", "choose": "selector", "pareto_front": "selector",
     "table_from_checkpoint": "accuracy", "table_from_results": "accuracy", "published_table": "accuracy",
     "Cascade": "cascade", "fit_cascade": "cascade",

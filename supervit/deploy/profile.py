@@ -13,7 +13,7 @@ one JSON file (``{"profiles": {key: profile}}``), so a later command finds the o
 OpenMP threads that spin while they wait (``OMP_WAIT_POLICY`` other than PASSIVE, several threads) steal the cores
 of every other process on a shared CPU and have made CPU latencies 10-100x too slow; a profile records the wait
 policy its process ran under, and one measured with spinning CPU threads is marked ``spinning_threads`` so that it is
-never reused as if it were sound (``usable_profile``). The command line sets ``OMP_WAIT_POLICY=PASSIVE`` before it
+never reused as if it were sound (``unsound_reason``). The command line sets ``OMP_WAIT_POLICY=PASSIVE`` before it
 loads torch unless the user set the variable.
 """
 from __future__ import annotations

@@ -34,10 +34,10 @@ def latency_table(source, subnets, batches, threads: int, path: str, reprofile: 
 
 
 def _usable(profile, subnets, threads: int) -> bool:
-    """A stored profile covers ``subnets``, was measured with ``threads`` torch threads and without spinning
-    OpenMP threads (which inflate CPU latencies on a shared machine)."""
+    """A stored profile covers ``subnets``, was measured with ``threads`` torch threads, and is sound
+    (``deploy.unsound_reason``: not taken with spinning OpenMP threads, its thread wait policy recorded)."""
     conditions = (profile or {}).get("conditions") or {}
-    if profile is None or profile.get("spinning_threads") or conditions.get("threads") != threads:
+    if profile is None or deploy.unsound_reason(profile) or conditions.get("threads") != threads:
         return False
     covered = {(r["img_size"], r["keep_ratio"]) for r in profile.get("rows", [])}
     return all((s.img_size, s.keep_ratio) in covered for s in subnets)

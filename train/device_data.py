@@ -7,9 +7,9 @@ the host; ``.to(device)`` only names where to decode), ``DeviceTrainTransform`` 
 RandomResizedCrop, hflip, RandAugment, colour jitter when RandAugment is off, Normalize, RandomErasing) and
 ``DeviceEvalTransform`` (Resize, CenterCrop, Normalize); for LV-ViT with token labels ``EncodedTokenLabelSet`` (bytes
 and label map) and ``DeviceTokenLabelTransform`` (the reference's order: hflip and RandAugment on the full image,
-then the crop, with the label geometry of ``train/label_geometry.py``). Crops and resizes use torchvision's tensor functions;
-RandAugment reuses timm's op list and draws (``token_label.LabelAwareRandAugment.draw``) and applies each op to all
-images that drew it at once, with per-image magnitudes (``device_ops.py``).
+then the crop, with the label geometry of ``train/label_geometry.py``). Crops and resizes use torchvision's tensor
+functions; RandAugment reuses timm's op list and draws (``token_label.LabelAwareRandAugment.draw``) and applies each
+op to all images that drew it at once, with per-image magnitudes (``device_ops.py``).
 """
 from __future__ import annotations
 
@@ -130,7 +130,8 @@ class DeviceTrainTransform:
 
     Per image: RandomResizedCrop (timm's draw; torchvision's antialiased resize, bilinear or bicubic at random),
     hflip, RandAugment (timm's ops and draws), colour jitter (only without RandAugment, as timm does), Normalize,
-    RandomErasing (timm's, per image). ``last_draws`` keeps the last batch's crops ((top, left, height, width, interpolation) per image) and flips.
+    RandomErasing (timm's, per image). ``last_draws`` keeps the last batch's crops ((top, left, height, width,
+    interpolation) per image) and flips.
     """
 
     def __init__(self, img_size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = "random",

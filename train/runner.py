@@ -223,8 +223,8 @@ def _run(args, recipe, info):
                   f"{args.batch_size * info.world_size} / 512) is below --min-lr {args.min_lr:g}: the schedule rises "
                   "towards --min-lr instead of decaying; lower --min-lr or raise --lr (or --unscale-lr)"
                   if recipe.scales_lr_by_batch and not args.unscale_lr else
-                  f"warning: --lr {lr:g} is below --min-lr {args.min_lr:g}: the schedule rises towards --min-lr instead "
-                  "of decaying; lower --min-lr or raise --lr")
+                  f"warning: --lr {lr:g} is below --min-lr {args.min_lr:g}: the schedule rises towards --min-lr "
+                  "instead of decaying; lower --min-lr or raise --lr")
     if not args.output_dir:
         log(info, "note: no --output DIR: this run writes nothing (no checkpoint, results or log); add --output DIR "
                   "to keep them")

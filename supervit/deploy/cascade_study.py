@@ -1,7 +1,8 @@
 """Fit a confidence cascade on one half of a labelled set and report it on the other, beside the static table.
 
-What ``python -m supervit.deploy cascade`` runs (``make demo`` runs it on the held-out digits). The reference static sub-network is the most
-accurate one on the calibration half (ties: the cheaper); the default budget is a fraction of its GMACs.
+What ``python -m supervit.deploy cascade`` runs (``make demo`` runs it on the held-out digits). The reference static
+sub-network is the most accurate one on the calibration half (ties: the cheaper); the default budget is a fraction of
+its GMACs.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The accepted values and defaults of the deploy settings, in one place that imports nothing heavy: the command line lists them
-in ``--help`` and checks them before torch is loaded; the library checks the same values."""
+"""The accepted values and defaults of the deploy settings, in one place that imports nothing heavy: the command line
+lists them in ``--help`` and checks them before torch is loaded; the library checks the same values."""
 
 MODES = ("eager", "compile", "cuda-graph")         # how a profile runs each sub-network
 DTYPES = ("bf16", "bfloat16", "float16", "float32", "fp16", "fp32")

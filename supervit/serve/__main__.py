@@ -15,6 +15,8 @@ import time
 
 from supervit.models import Subnet, SubnetError, parse_subnets
 
+from .policy import DEFAULT_MARGIN, DEFAULT_QUANTILE, DEFAULT_WINDOW
+
 DESCRIPTION = """\
 Serve one SuperViT model over HTTP (Ray Serve). In adaptive mode each batch runs on the most accurate operating
 point whose profiled latency fits the time left until the oldest queued request's deadline; static mode serves one
@@ -98,14 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "SIZE:KEEP (e.g. 224:1)")
     policy.add_argument("--subnets", type=_subnets, default=None, help="adaptive: the candidate points "
                         "(default: every trained point of the model)")
-    policy.add_argument("--margin", type=float, default=0.1, help="relative headroom on every predicted latency, "
-                        "on top of the observed slowdown")
+    policy.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="relative headroom on every "
+                        "predicted latency, on top of the observed slowdown")
     policy.add_argument("--no-rate-guard", action="store_true", help="adaptive: do not restrict the choice to "
                         "points that sustain the recent arrival rate (deadlines alone decide)")
-    policy.add_argument("--calibration-quantile", type=float, default=0.9, help="predictions scale by this "
-                        "quantile of recent observed / profiled batch times")
-    policy.add_argument("--calibration-window", type=int, default=32, help="how many recent batches that "
-                        "quantile is taken over")
+    policy.add_argument("--calibration-quantile", type=float, default=DEFAULT_QUANTILE, help="predictions scale "
+                        "by this quantile of recent observed / profiled batch times")
+    policy.add_argument("--calibration-window", type=int, default=DEFAULT_WINDOW, help="how many recent batches "
+                        "that quantile is taken over")
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on")
     server.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free port)")

@@ -222,7 +222,7 @@ def serve(args, config: dict, port: int) -> int:
                 if end is not None and time.monotonic() >= end:
                     break
             print("supervit.serve: stopping", flush=True)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: ray.init replaces our SIGTERM handler by sys.exit(15)
         if started:
             raise
         timer.cancel()

@@ -70,22 +70,52 @@ def test_model_errors_name_the_argument(tmp_path):
     assert done.returncode == 2 and "--subnet" in done.stderr and "128:1" in done.stderr, done.stderr
 
 
-@pytest.mark.slow
-def test_a_start_that_overruns_its_timeout_stops_ray_and_exits_1(tmp_path):
+def _start_then(tmp_path, *extra, signal_when_ray_runs=None, limit_s=150.0):
+    """Start a server on the tiny model and follow its processes until it exits (killed after ``limit_s``);
+    ``signal_when_ray_runs``: a signal sent once Ray's GCS and raylet run. Returns (exit code, stderr, processes
+    seen below it)."""
+    import signal
+    import time
+
     from serve_helpers import descendants
 
     checkpoint = write_tiny_checkpoint(tmp_path / "tiny.pth")
     proc = subprocess.Popen([sys.executable, "-m", "supervit.serve", "--checkpoint", checkpoint, "--port", "0",
                              "--threads", "1", "--batch-sizes", "1,2", "--rounds", "1", "--warmup", "0",
-                             "--no-progress", "--profile", str(tmp_path / "profiles.json"), "--startup-timeout", "6"],
+                             "--no-progress", "--profile", str(tmp_path / "profiles.json"), *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = set()
-    while proc.poll() is None:  # collect Ray's processes while they live
+    seen, sent, end = set(), False, time.monotonic() + limit_s
+    while proc.poll() is None and time.monotonic() < end:  # collect Ray's processes while they live
         seen.update(descendants(proc.pid))
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err
-    assert "did not start within --startup-timeout 6 s" in err
-    assert {"gcs_server", "raylet"} & {name for _, name in seen}, seen  # Ray had started
+        if signal_when_ray_runs and not sent and {"gcs_server", "raylet"} <= {name for _, name in seen}:
+            proc.send_signal(signal_when_ray_runs)
+            sent = True
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, err, seen
+
+
+@pytest.mark.slow
+def test_a_start_that_overruns_its_timeout_stops_ray_and_exits_1(tmp_path):
     from serve_helpers import alive
 
+    # Ray, Serve's controller and proxy and a replica that imports torch cannot all start within one second
+    code, err, seen = _start_then(tmp_path, "--startup-timeout", "1")
+    assert code == 1, err
+    assert "did not start within --startup-timeout 1 s" in err
+    assert [(pid, name) for pid, name in seen if alive(pid)] == []
+
+
+@pytest.mark.slow
+def test_sigterm_while_starting_stops_ray_and_exits_1(tmp_path):
+    import signal
+
+    from serve_helpers import alive
+
+    code, err, seen = _start_then(tmp_path, signal_when_ray_runs=signal.SIGTERM)
+    assert code == 1, err
+    assert "interrupted while starting" in err
+    assert {"gcs_server", "raylet"} <= {name for _, name in seen}, seen  # Ray had started
     assert [(pid, name) for pid, name in seen if alive(pid)] == []

@@ -198,18 +198,26 @@ def serve(args, config: dict, port: int) -> int:
     start within --startup-timeout (or was interrupted while starting)."""
     from .server import running
 
+    stop, abort = threading.Event(), threading.Event()
+
     def interrupt(*_):
+        abort.set()
         raise KeyboardInterrupt
 
-    stop = threading.Event()
+    def overrun():
+        abort.set()
+        _thread.interrupt_main()  # Ray may swallow it in code that defers SIGINT: the flag is checked again below
+
     signal.signal(signal.SIGTERM, interrupt)  # while starting: unwind (and so stop Ray) as Ctrl-C does
-    timer = threading.Timer(args.startup_timeout, _thread.interrupt_main)
+    timer = threading.Timer(args.startup_timeout, overrun)
     timer.daemon = True
     timer.start()
     started = False
     try:
         with running(config, args.host, port, args.replicas):
             timer.cancel()
+            if abort.is_set():
+                raise KeyboardInterrupt  # the timer or a SIGTERM fired while Ray's code kept the interrupt
             started = True
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
@@ -222,7 +230,7 @@ def serve(args, config: dict, port: int) -> int:
                 if end is not None and time.monotonic() >= end:
                     break
             print("supervit.serve: stopping", flush=True)
-    except (KeyboardInterrupt, SystemExit):  # SystemExit: ray.init replaces our SIGTERM handler by sys.exit(15)
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: a SIGTERM inside ray.init, whose handler is sys.exit(15)
         if started:
             raise
         timer.cancel()

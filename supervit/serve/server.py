@@ -10,9 +10,13 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import socket
 import tempfile
+import threading
+import time
 
+GRACE_S = 5.0           # how long Ray's processes get to exit after its shutdown before they are killed
 MAX_ONGOING = 100_000   # the proxy hands every request to a replica at once: the replica's own queue decides
 
 
@@ -53,8 +57,12 @@ def local_ray(num_cpus: int):
 
     folder = tempfile.mkdtemp(prefix="svray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     try:
+        _adopt_orphans()
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=folder,
                  _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="warning")
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)  # ray.init put sys.exit(15) in place of the caller's handler
         yield folder
     finally:
         try:
@@ -64,7 +72,81 @@ def local_ray(num_cpus: int):
                 serve.shutdown()
         finally:
             ray.shutdown()
+            _end_descendants()
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _adopt_orphans() -> None:
+    """Make this process the one that inherits its descendants' orphans (Linux ``PR_SET_CHILD_SUBREAPER``), so that
+    Ray's agents, whose raylet exits before them, can still be found and ended; a no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _end_descendants(grace_s: float = GRACE_S) -> None:
+    """Wait up to ``grace_s`` for every process below this one to exit, then kill those left; reap them all. Ray's
+    shutdown ends its processes, but agents started while a SIGTERM interrupted ``ray.init`` were seen outliving it
+    by more than 30 s."""
+    end = time.monotonic() + grace_s
+    while True:
+        _reap()
+        left = [pid for pid in _descendants() if _running(pid)]
+        if not left or time.monotonic() >= end:
+            break
+        time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if left:
+        time.sleep(0.2)
+        _reap()
+
+
+def _reap() -> None:
+    """Collect the exit status of every child that has ended (orphans adopted by this process become its children)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _descendants() -> list[int]:
+    """Process ids below this process (Linux /proc; [] elsewhere)."""
+    children = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += below
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @contextlib.contextmanager

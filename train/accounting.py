@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from supervit.training.throughput import PEAK_TFLOPS, matmul_dtype_name, peak_flops  # noqa: F401
+from supervit.training.throughput import matmul_dtype_name, peak_flops, step_flops
 
 PHASES = ("data", "forward_backward", "optimizer", "ema")
 
@@ -73,10 +73,8 @@ class Throughput:
     """One epoch's accounting: images, analytic model MACs of the sub-networks drawn, phase times."""
 
     def __init__(self, model, device: torch.device, amp_dtype: Optional[torch.dtype], world_size: int = 1):
-        from supervit.models import flops
-
-        self._flops, self.model = flops, model
-        self._gmacs: dict = {}
+        self.model = model
+        self._gmacs: dict = {}  # {subnet: forward GMACs}
         self.clock = StepClock(device)
         self.images = 0
         self.gmacs = 0.0  # forward + backward, this process
@@ -86,19 +84,9 @@ class Throughput:
         self.peak = peak_flops(name, self.dtype_name) if name else None
         self.start_time = time.perf_counter()
 
-    def step_gmacs(self, subnets, batch: int) -> float:
-        total = 0.0
-        for subnet in subnets:
-            if subnet is None:
-                continue
-            if subnet not in self._gmacs:
-                self._gmacs[subnet] = self._flops(self.model, *subnet)
-            total += self._gmacs[subnet]
-        return 3.0 * total * batch  # backward ~ 2x forward
-
     def count(self, subnets, batch: int):
         self.images += batch
-        self.gmacs += self.step_gmacs(subnets, batch)
+        self.gmacs += step_flops(self.model, subnets, batch, self._gmacs) / 2e9  # forward + backward MACs
 
     def summary(self) -> dict:
         """images_per_s (all processes), data/forward_backward/optimizer/ema shares of the step time,

@@ -41,9 +41,17 @@ def peak_flops(device_name: str, dtype_name: str) -> Optional[float]:
     return None
 
 
-def step_flops(model, subnets, batch: int) -> float:
+def step_flops(model, subnets, batch: int, gmacs: Optional[dict] = None) -> float:
     """Model FLOPs of one training step: 2 x 3 x the analytic MACs (``supervit.models.flops``) of each sub-network
-    run (None entries skipped), times the batch."""
+    run (None entries skipped), times the batch.
+
+    ``gmacs``: a dict the caller keeps, ``{subnet: GMACs}``, filled as sub-networks are met (a training loop then
+    computes each sub-network's MACs once).
+    """
     from supervit.models import flops
 
-    return 6e9 * batch * sum(flops(model, *s) for s in subnets if s is not None)
+    gmacs = {} if gmacs is None else gmacs
+    for subnet in subnets:
+        if subnet is not None and subnet not in gmacs:
+            gmacs[subnet] = flops(model, *subnet)
+    return 6e9 * batch * sum(gmacs[s] for s in subnets if s is not None)

@@ -219,12 +219,11 @@ def _run(args, recipe, info):
 
     lr = optimization.scaled_lr(args, recipe, info.world_size)
     if lr < args.min_lr:
-        log(info, f"warning: the learning rate {lr:.3g} (--lr {args.lr:g} x global batch "
-                  f"{args.batch_size * info.world_size} / 512) is below --min-lr {args.min_lr:g}: the schedule rises "
-                  "towards --min-lr instead of decaying; lower --min-lr or raise --lr (or --unscale-lr)"
-                  if recipe.scales_lr_by_batch and not args.unscale_lr else
-                  f"warning: --lr {lr:g} is below --min-lr {args.min_lr:g}: the schedule rises towards --min-lr "
-                  "instead of decaying; lower --min-lr or raise --lr")
+        scaled = recipe.scales_lr_by_batch and not args.unscale_lr
+        what = (f"the learning rate {lr:.3g} (--lr {args.lr:g} x global batch {args.batch_size * info.world_size} "
+                "/ 512)" if scaled else f"--lr {lr:g}")
+        log(info, f"warning: {what} is below --min-lr {args.min_lr:g}: the schedule rises towards --min-lr instead "
+                  "of decaying; lower --min-lr or raise --lr" + (" (or --unscale-lr)" if scaled else ""))
     if not args.output_dir:
         log(info, "note: no --output DIR: this run writes nothing (no checkpoint, results or log); add --output DIR "
                   "to keep them")

@@ -269,8 +269,9 @@ class Policy:
         rate guard is on (none does: the one that sustains the most)."""
         if self.budget_ms is None or not arrival_rate:
             return candidates[0]
-        steady = [s for s in candidates if self.capacity(s) >= arrival_rate]
-        return steady[0] if steady else max(candidates, key=self.capacity)
+        capacity = {s: self.capacity(s) for s in candidates}
+        steady = [s for s in candidates if capacity[s] >= arrival_rate]
+        return steady[0] if steady else max(candidates, key=capacity.get)
 
     def _largest_batch(self, now_ms: float, deadlines: list) -> tuple[int, list]:
         """(largest batch b of the oldest requests that some point finishes in time, those points best first)."""

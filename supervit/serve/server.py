@@ -94,7 +94,7 @@ def _end_descendants(grace_s: float = GRACE_S) -> None:
     end = time.monotonic() + grace_s
     while True:
         _reap()
-        left = [pid for pid in _descendants() if _running(pid)]
+        left = _live_descendants()
         if not left or time.monotonic() >= end:
             break
         time.sleep(0.1)
@@ -119,9 +119,9 @@ def _reap() -> None:
             return
 
 
-def _descendants() -> list[int]:
-    """Process ids below this process (Linux /proc; [] elsewhere)."""
-    children = {}
+def _live_descendants() -> list[int]:
+    """Ids of the processes below this one that have not ended (zombies excluded; Linux /proc, [] elsewhere)."""
+    children, ended = {}, set()
     try:
         entries = [e for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
@@ -132,21 +132,16 @@ def _descendants() -> list[int]:
                 stat = handle.read()
         except OSError:
             continue
-        children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
+        state, parent = stat[stat.rindex(")") + 2:].split()[:2]
+        children.setdefault(int(parent), []).append(int(entry))
+        if state == "Z":
+            ended.add(int(entry))
     found, frontier = [], [os.getpid()]
     while frontier:
         below = children.get(frontier.pop(), [])
         found += below
         frontier += below
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return [pid for pid in found if pid not in ended]
 
 
 @contextlib.contextmanager

@@ -199,4 +199,4 @@ class LVViTRecipe(Recipe):
         return TokenLabelTask(model.num_classes, model.img_sizes[-1] // model.patch_size, smoothing=args.smoothing,
                               mix_token=not args.no_mix_token, cls_weight=args.cls_weight,
                               targets=getattr(args, "token_label_targets", "exact"),
-                              dense_weight=args.dense_weight)
+                              dense_weight=args.dense_weight, box_as_tensor=getattr(args, "compile", False))

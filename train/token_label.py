@@ -299,16 +299,19 @@ class TokenLabelTask:
     ``SoftCE(cls, mixed class target)``. The class target is the teacher's image-level label (token labels on) or
     the smoothed ground truth (off), mixed as ``lam * t + (1 - lam) * t.flip(0)`` with lam = 1 - box area / g^2.
     ``targets``: how the batch's crop geometry is read (``token_label_targets``' mode; the data set's
-    ``TokenLabelTransform`` must have been built with the same).
+    ``TokenLabelTransform`` must have been built with the same). ``box_as_tensor`` (``--compile``): the MixToken box
+    reaches the model as an int64 tensor on the batch's device, so that one compiled graph serves every box; eager
+    runs pass 4 ints, which the model checks without reading a tensor back from the device (a sync on a GPU).
     """
 
     def __init__(self, num_classes: int, grid: int, smoothing: float = 0.1, mix_token: bool = True,
-                 cls_weight: float = 1.0, dense_weight: float = 1.0, targets: str = "exact"):
+                 cls_weight: float = 1.0, dense_weight: float = 1.0, targets: str = "exact",
+                 box_as_tensor: bool = False):
         if targets not in TARGET_MODES:
             raise ValueError(f"--token-label-targets must be one of {list(TARGET_MODES)}, got {targets!r}")
         self.num_classes, self.grid, self.smoothing = num_classes, grid, smoothing
         self.mix_token, self.cls_weight, self.dense_weight = mix_token, cls_weight, dense_weight
-        self.targets = targets
+        self.targets, self.box_as_tensor = targets, box_as_tensor
         self.soft_ce = SoftTargetCrossEntropy()
 
     def prepare(self, images, targets):
@@ -326,8 +329,8 @@ class TokenLabelTask:
             lam = 1.0 - (h2 - h1) * (w2 - w1) / self.grid ** 2
             if lam < 1.0:
                 cls_target = lam * cls_target + (1.0 - lam) * cls_target.flip(0)
-            # a tensor: a compiled model then runs every box through one graph
-            kwargs["mix_box"] = torch.tensor(box, dtype=torch.int64, device=images.device)
+            kwargs["mix_box"] = (torch.tensor(box, dtype=torch.int64, device=images.device) if self.box_as_tensor
+                                 else box)
         return images, (cls_target, dense_target), kwargs
 
     def logits(self, output):

@@ -176,3 +176,23 @@ def test_peak_table_and_step_clock():
         clock.end_step()
     seconds = clock.seconds()
     assert clock.steps == 3 and set(seconds) == set(accounting.PHASES) and all(v >= 0 for v in seconds.values())
+
+
+@pytest.mark.parametrize("compile_flag", [False, True])
+def test_mixtoken_box_is_a_device_tensor_only_under_compile(compile_flag):
+    import argparse
+
+    from supervit.models import SuperLVViT
+    from train.recipes import LVViTRecipe
+
+    args = argparse.Namespace(mixup=0.0, cutmix=0.0, smoothing=0.1, no_mix_token=False, cls_weight=1.0,
+                              dense_weight=0.5, token_label_targets="exact", compile=compile_flag)
+    model = SuperLVViT(**TINY_LVVIT_MODEL)
+    task = LVViTRecipe(args).build_task(model)
+    images, targets = torch.zeros(2, 3, 80, 80), torch.tensor([0, 1])
+    _, _, kwargs = task.prepare(images, targets)
+    box = kwargs["mix_box"]
+    if compile_flag:  # one compiled graph serves every box
+        assert isinstance(box, torch.Tensor) and box.dtype == torch.int64 and box.shape == (4,)
+    else:  # eager: 4 ints, checked without reading a tensor back from the device
+        assert isinstance(box, tuple) and len(box) == 4 and all(type(c) is int for c in box)
